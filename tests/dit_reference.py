@@ -70,12 +70,18 @@ def reference_dit(arch: str, cfg: dict, sd: dict, vid, txt, vid_shape, txt_shape
         shared = arch == "v2" and i >= mm
         return f"blocks.{i}.{module}.{'all' if shared else stream}"
 
+    def mlp(x, key):
+        if cfg["mlp_type"] == "swiglu":
+            return lin(silu(lin(x, key + ".proj_in_gate")) * lin(x, key + ".proj_in"), key + ".proj_out")
+        return lin(torch.nn.functional.gelu(lin(x, key + ".proj_in"), approximate="tanh"), key + ".proj_out")
+
+    silu = torch.nn.functional.silu
+
     # timestep embedding
     t = torch.as_tensor(timestep).double().reshape(-1)
     half = 128
     f = torch.exp(-math.log(10000.0) * torch.arange(half).double() / half)
     s = torch.cat([torch.sin(t[:, None] * f), torch.cos(t[:, None] * f)], -1)
-    silu = torch.nn.functional.silu
     e = lin(silu(lin(silu(lin(s, "emb_in.proj_in")), "emb_in.proj_hid")), "emb_in.proj_out")
     E = e.view(-1, d, 2, 3)
 
@@ -154,21 +160,9 @@ def reference_dit(arch: str, cfg: dict, sd: dict, vid, txt, vid_shape, txt_shape
             ta = lin(tout.reshape(tlens[b], -1), name(i, "attn.proj_out", "txt"))
             x = x + ada(va, b, "vid", "attn", "out")
             tx = tx + ada(ta, b, "txt", "attn", "out")
-            mlp = name(i, "mlp", "vid")
-            m = ada(rms(x), b, "vid", "mlp", "in")
-            if cfg["mlp_type"] == "swiglu":
-                m = lin(silu(lin(m, mlp + ".proj_in_gate")) * lin(m, mlp + ".proj_in"), mlp + ".proj_out")
-            else:
-                m = lin(torch.nn.functional.gelu(lin(m, mlp + ".proj_in"), approximate="tanh"), mlp + ".proj_out")
-            x = x + ada(m, b, "vid", "mlp", "out")
+            x = x + ada(mlp(ada(rms(x), b, "vid", "mlp", "in"), name(i, "mlp", "vid")), b, "vid", "mlp", "out")
             if not last:
-                mlp = name(i, "mlp", "txt")
-                m = ada(rms(tx), b, "txt", "mlp", "in")
-                if cfg["mlp_type"] == "swiglu":
-                    m = lin(silu(lin(m, mlp + ".proj_in_gate")) * lin(m, mlp + ".proj_in"), mlp + ".proj_out")
-                else:
-                    m = lin(torch.nn.functional.gelu(lin(m, mlp + ".proj_in"), approximate="tanh"), mlp + ".proj_out")
-                tx = tx + ada(m, b, "txt", "mlp", "out")
+                tx = tx + ada(mlp(ada(rms(tx), b, "txt", "mlp", "in"), name(i, "mlp", "txt")), b, "txt", "mlp", "out")
             new_xs.append(x)
             new_ts.append(tx)
         xs, ts = new_xs, new_ts
