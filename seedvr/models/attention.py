@@ -67,6 +67,8 @@ def select_backend(q: torch.Tensor) -> str:
 
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: VarlenPlan) -> torch.Tensor:
     """Exact softmax attention within each packed sequence; q, k, v and the result are [L, heads, dim]."""
+    if q.shape[0] == 0:  # an idle sequence-parallel rank (seedvr/parallel.py) holds no sequence
+        return torch.empty_like(q)
     if select_backend(q) == "flash":
         cu, n = plan.cu_seqlens, plan.max_seqlen
         return _flash_varlen()(q, k, v, cu, cu, n, n)

@@ -205,6 +205,15 @@ class ForwardContext:
             self._layouts[key] = (layout, make_plan(layout.seq_lens, device), self._angles(layout))
         return self._layouts[key]
 
+    def text_mean(self, txt_out: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
+        """Each text token's attention outputs [sum(windows_b * L_b), C] averaged over its sample's windows.
+
+        A method of the context so that a sequence-parallel context (seedvr/parallel.py) can sum the
+        windows it holds and reduce across ranks instead.
+        """
+        parts = txt_out.split([n * length for n, length in zip(layout.window_count, self.txt_lens)])
+        return torch.cat([o.view(n, length, -1).mean(0) for o, n, length in zip(parts, layout.window_count, self.txt_lens)])
+
     def _angles(self, layout: WindowLayout) -> dict:
         if self.rope == "pixel":
             return {"vid": axial_angles(window_linspace(layout.local, layout.extent), self.freqs)}
@@ -248,16 +257,7 @@ class Attention(nn.Module):
         q, k, v = (torch.cat([a, b])[layout.gather] for a, b in ((vq, tq), (vk, tk), (vv, tv)))
         out = varlen_attention(q, k, v, plan).flatten(1)
         vid_out = out[layout.vid_rows][layout.inverse]
-        txt_out = torch.cat(
-            [
-                o.view(n, length, -1).mean(0)
-                for o, n, length in zip(
-                    out[layout.txt_rows].split([n * l for n, l in zip(layout.window_count, ctx.txt_lens)]),
-                    layout.window_count,
-                    ctx.txt_lens,
-                )
-            ]
-        )
+        txt_out = ctx.text_mean(out[layout.txt_rows], layout)
         return self.proj_out.get("vid")(vid_out), self.proj_out.get("txt")(txt_out)
 
 
@@ -332,6 +332,24 @@ class NaDiT(nn.Module):
         txt_shape: torch.Tensor,
         timestep: torch.Tensor | float,
     ) -> torch.Tensor:
+        patches, t, ctx, shapes = self.prepare(vid, txt, vid_shape, txt_shape, timestep)
+        x = self.vid_in(patches)
+        for block in self.blocks:
+            x, t = block(x, t, ctx)
+        return unpatchify(self.project_out(x, ctx), shapes, self.params.patch)
+
+    def prepare(
+        self,
+        vid: torch.Tensor,
+        txt: torch.Tensor,
+        vid_shape: torch.Tensor,
+        txt_shape: torch.Tensor,
+        timestep: torch.Tensor | float,
+    ) -> tuple[torch.Tensor, torch.Tensor, ForwardContext, list[tuple[int, int, int]]]:
+        """Everything before the blocks except `vid_in`: patches [L, p*p*C], text tokens, context, shapes.
+
+        Split from `forward` so that sequence parallelism (seedvr/parallel.py) can embed only its rows.
+        """
         p = self.params
         shapes = [tuple(s) for s in vid_shape.tolist()]
         _check_inputs(vid, txt, shapes, txt_shape, p)
@@ -339,21 +357,23 @@ class NaDiT(nn.Module):
         txt_lens = txt_shape[:, 0].tolist()
         timestep = torch.as_tensor(timestep, dtype=torch.float32, device=vid.device).reshape(-1)
         timestep = timestep.expand(len(shapes)) if timestep.numel() == 1 else timestep
-        x = self.vid_in(patchify(vid.to(self.dtype), shapes, p.patch))
+        patches = patchify(vid.to(self.dtype), shapes, p.patch)
         t = self.txt_in(txt.to(self.dtype))
         ctx = ForwardContext(
             grids=grids, txt_lens=txt_lens, emb=self.emb_in(timestep),
             freqs=model_frequencies(p).to(vid.device), rope=p.rope,
         )
-        for block in self.blocks:
-            x, t = block(x, t, ctx)
-        if p.out_norm:
+        return patches, t, ctx, shapes
+
+    def project_out(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        """Per-token output head (before unpatching): final norm and modulation (3B), then `vid_out`."""
+        if self.params.out_norm:
             # The official head reads the blocks' cached *attention* embedding slice (its own
             # "out" slot is never computed), plus its own out_shift/out_scale.
             e = ctx.emb_slot(0, "vid")
             x = self.vid_out_norm(x)
             x = scale_shift(x, e[..., 1].float() + self.vid_out_ada.out_scale.float(), e[..., 0].float() + self.vid_out_ada.out_shift.float())
-        return unpatchify(self.vid_out(x), shapes, p.patch)
+        return self.vid_out(x)
 
 
 def _check_inputs(vid: torch.Tensor, txt: torch.Tensor, shapes: list, txt_shape: torch.Tensor, p: NaDiTParams) -> None:

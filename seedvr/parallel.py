@@ -1,0 +1,339 @@
+"""Sequence parallelism for the NaDiT by windows, and independent VAE pieces dealt to ranks.
+
+Only attention mixes tokens, and only inside a window (plus the sample's text); norms, modulation,
+projections and MLPs are per token. So each rank owns the video tokens of a contiguous run of whole
+windows of the current layout and runs the blocks on them unchanged. The regular (even blocks) and
+shifted (odd blocks) layouts cut the tokens differently: before a block whose layout differs from the
+previous one, the tokens that change owner move in one `all_to_all` of hidden states. Text is small
+and replicated: every rank sums the text outputs of the windows it holds, an `all_reduce` of that
+[Lt, C] sum gives every rank the same average over all windows, and the text stream then runs
+identically everywhere. A rank with no windows (fewer windows than ranks) idles but joins the
+collectives. docs/parallel.md compares this with the official Ulysses scheme.
+
+Launch with torchrun; `init_from_env()` joins the job, `run_dit(model, ...)` replaces `model(...)`.
+Every rank must pass identical inputs and gets the full output.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from seedvr.models.attention import VarlenPlan, make_plan
+from seedvr.models.layers import unpatchify
+from seedvr.models.nadit import ForwardContext, NaDiT
+from seedvr.models.windows import WindowLayout
+
+log = logging.getLogger(__name__)
+
+Item = TypeVar("Item")
+LayoutKey = tuple[tuple[int, int, int], str]  # (window, window_method) of a block
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in the sequence-parallel group."""
+
+    group: dist.ProcessGroup | None
+    rank: int
+    size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main rank writes outputs and answers jobs."""
+        return self.rank == 0
+
+
+def init_from_env() -> Ranks:
+    """Join the torchrun job described by RANK / WORLD_SIZE / LOCAL_RANK (nccl on CUDA, else gloo).
+
+    Without those variables (a plain `python` start) this is a group of one with no process group.
+    """
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return Ranks(group=None, rank=0, size=1, device=device)
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    ranks = Ranks(group=dist.group.WORLD, rank=dist.get_rank(), size=dist.get_world_size(), device=device)
+    log.info("sequence parallel: rank %d of %d, backend %s, device %s", ranks.rank, ranks.size, backend, device)
+    return ranks
+
+
+def assign_windows(sizes: Sequence[int], ranks: int) -> list[int]:
+    """Split windows (in layout order) into `ranks` contiguous runs of about equal token count.
+
+    A window goes to the rank whose share of the tokens holds the window's middle token, so every
+    rank is within half a window of the mean on each side; contiguous runs keep neighbouring
+    windows together, which keeps the regular <-> shifted exchange small. Returns bounds: rank r
+    holds windows [bounds[r], bounds[r + 1]). Deterministic, so every rank computes the same split.
+    """
+    if ranks < 1:
+        raise ValueError(f"ranks must be >= 1, got {ranks}")
+    size = torch.tensor(list(sizes), dtype=torch.int64)
+    middle2 = 2 * torch.cumsum(size, 0) - size  # twice the middle token's position
+    owner = (middle2 * ranks // (2 * int(size.sum()))).clamp(max=ranks - 1)
+    return torch.searchsorted(owner, torch.arange(ranks + 1)).tolist()
+
+
+@dataclass
+class Shard:
+    """One window layout split across ranks, and this rank's part of it as a layout of its own.
+
+    The rank's video rows are `order[rows[rank]:rows[rank + 1]]` of the full layout (global packed
+    token ids, in window order); its hidden states are kept in exactly that order.
+    """
+
+    rows: list[int]  # per rank, bounds into the full layout's windowed rows
+    owner: torch.Tensor  # [Lv] rank holding each packed video token
+    position: torch.Tensor  # [Lv] the token's row on that rank
+    tokens: torch.Tensor  # [n] this rank's tokens
+    samples: torch.Tensor  # [n] sample index of each of this rank's tokens
+    layout: WindowLayout  # this rank's windows only, over its n rows
+    plan: VarlenPlan
+    angles: dict
+    window_total: list[int]  # windows per sample over all ranks: the text average's divisor
+
+
+def _empty_plan(device: torch.device) -> VarlenPlan:
+    return VarlenPlan(cu_seqlens=torch.zeros(1, dtype=torch.int32, device=device), max_seqlen=0, groups=[])
+
+
+def _window_sizes(full: WindowLayout, txt_lens: list[int]) -> torch.Tensor:
+    """Video tokens per window of `full`, in layout order."""
+    window_txt = torch.tensor(txt_lens).repeat_interleave(torch.tensor(full.window_count))
+    return torch.tensor(full.seq_lens) - window_txt
+
+
+def _starts(lengths: torch.Tensor) -> list[int]:
+    """Start offsets of consecutive runs of `lengths`, plus the end."""
+    return F.pad(torch.cumsum(lengths, 0), (1, 0)).tolist()
+
+
+def _local_layout(full: WindowLayout, windows: tuple[int, int], txt_lens: list[int]) -> WindowLayout:
+    """The sub-layout of windows [a, b) of `full`, re-indexed to start at 0.
+
+    Windows are emitted contiguously in the full layout (video rows in window order, packed
+    sequences in window order), so the part is a slice of every index map.
+    """
+    a, b = windows
+    window_sample = torch.repeat_interleave(torch.arange(len(txt_lens)), torch.tensor(full.window_count))
+    vid_start, seq_start, txt_start = (
+        _starts(lengths)
+        for lengths in (_window_sizes(full, txt_lens), torch.tensor(full.seq_lens), torch.tensor(txt_lens)[window_sample])
+    )
+    v0, n, p0, total_vid = vid_start[a], vid_start[b] - vid_start[a], seq_start[a], full.order.numel()
+    gather = full.gather[p0 : seq_start[b]]
+    return WindowLayout(
+        order=torch.arange(n, device=full.order.device),
+        local=full.local[v0 : v0 + n],
+        extent=full.extent[v0 : v0 + n],
+        window_count=torch.bincount(window_sample[a:b], minlength=len(txt_lens)).tolist(),
+        seq_lens=full.seq_lens[a:b],
+        gather=torch.where(gather < total_vid, gather - v0, gather - total_vid + n),
+        vid_rows=full.vid_rows[v0 : v0 + n] - p0,
+        txt_rows=full.txt_rows[txt_start[a] : txt_start[b]] - p0,
+        txt_source=full.txt_source,
+        txt_pos=full.txt_pos,
+    )
+
+
+def make_shard(ctx: ForwardContext, key: LayoutKey, rank: int, size: int) -> Shard:
+    """Split the layout `key` of this forward over `size` ranks and cut out rank `rank`'s part."""
+    full, _, angles = ctx.layout(*key)
+    device = full.order.device
+    sizes = _window_sizes(full, ctx.txt_lens)
+    bounds = assign_windows(sizes.tolist(), size)
+    rows = [_starts(sizes)[b] for b in bounds]
+    owner = torch.empty_like(full.order)
+    position = torch.empty_like(full.order)
+    for r in range(size):
+        owner[full.order[rows[r] : rows[r + 1]]] = r
+        position[full.order[rows[r] : rows[r + 1]]] = torch.arange(rows[r + 1] - rows[r], device=device)
+    v0, v1 = rows[rank], rows[rank + 1]
+    layout = _local_layout(full, (bounds[rank], bounds[rank + 1]), ctx.txt_lens)
+    samples = torch.repeat_interleave(torch.arange(len(ctx.txt_lens), device=device), torch.tensor(ctx.vid_lens, device=device))
+    return Shard(
+        rows=rows, owner=owner, position=position, tokens=full.order[v0:v1], samples=samples[full.order[v0:v1]],
+        layout=layout, plan=make_plan(layout.seq_lens, device) if layout.seq_lens else _empty_plan(device),
+        angles={name: a[v0:v1] if name == "vid" else a for name, a in angles.items()},
+        window_total=full.window_count,
+    )
+
+
+@dataclass
+class Exchange:
+    """How this rank's rows move when the layout changes from one shard to the next."""
+
+    send_index: torch.Tensor  # local rows in send order: grouped by destination, each group in its order there
+    send_counts: list[int]
+    recv_counts: list[int]
+    recv_position: torch.Tensor  # the new local row of each received row
+    moves: bool  # False when no token changes rank anywhere (then no collective is needed)
+
+
+def make_exchange(src: Shard, dst: Shard, size: int) -> Exchange:
+    """Sends ordered by (destination, row there); receives arrive ordered by (origin, row here)."""
+    total = src.owner.numel()
+    dest = dst.owner[src.tokens]
+    send_index = torch.argsort(dest * total + dst.position[src.tokens])
+    origin = src.owner[dst.tokens]
+    recv_position = torch.argsort(origin * total + torch.arange(dst.tokens.numel(), device=origin.device))
+    return Exchange(
+        send_index=send_index,
+        send_counts=torch.bincount(dest, minlength=size).tolist(),
+        recv_counts=torch.bincount(origin, minlength=size).tolist(),
+        recv_position=recv_position,
+        moves=bool((src.owner != dst.owner).any()),
+    )
+
+
+class ShardedContext:
+    """Stands in for `ForwardContext` inside the blocks: this rank's layouts, rows and text reduction."""
+
+    def __init__(self, base: ForwardContext, ranks: Ranks):
+        self.base = base
+        self.ranks = ranks
+        self.txt_lens = base.txt_lens
+        self.shards: dict[LayoutKey, Shard] = {}
+        self.exchanges: dict[tuple[LayoutKey, LayoutKey], Exchange] = {}
+        self.key: LayoutKey | None = None
+
+    @property
+    def shard(self) -> Shard:
+        return self.shards[self.key]
+
+    def enter(self, key: LayoutKey, x: torch.Tensor | None) -> torch.Tensor | None:
+        """Make `key` the current layout, moving this rank's hidden states `x` [n, C] to its rows."""
+        if key not in self.shards:
+            self.shards[key] = make_shard(self.base, key, self.ranks.rank, self.ranks.size)
+        previous, self.key = self.key, key
+        if x is None or previous == key:
+            return x
+        if (previous, key) not in self.exchanges:
+            self.exchanges[previous, key] = make_exchange(self.shards[previous], self.shards[key], self.ranks.size)
+        return self._move(x, self.exchanges[previous, key])
+
+    def _move(self, x: torch.Tensor, ex: Exchange) -> torch.Tensor:
+        sent = x[ex.send_index]
+        if ex.moves:
+            received = sent.new_empty((sum(ex.recv_counts), x.shape[1]))
+            dist.all_to_all_single(received, sent, ex.recv_counts, ex.send_counts, group=self.ranks.group)
+        else:
+            received = sent
+        out = torch.empty_like(received)
+        out[ex.recv_position] = received
+        return out
+
+    def layout(self, window: tuple[int, int, int], method: str) -> tuple[WindowLayout, VarlenPlan, dict]:
+        if (window, method) != self.key:
+            raise RuntimeError(f"block asked for layout {(window, method)} while the rows are in {self.key}")
+        return self.shard.layout, self.shard.plan, self.shard.angles
+
+    def emb_slot(self, layer: int, stream: str) -> torch.Tensor:
+        if stream == "txt" or self.base.emb.shape[0] == 1:
+            return self.base.emb_slot(layer, stream)
+        return self.base.emb.unflatten(-1, (-1, 2, 3))[:, :, layer][self.shard.samples]
+
+    def text_mean(self, txt_out: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
+        """Sum this rank's windows per text token in float32, all-reduce, divide by all windows."""
+        width = txt_out.shape[-1]
+        parts = txt_out.float().split([n * length for n, length in zip(layout.window_count, self.txt_lens)])
+        total = torch.cat([p.view(n, length, width).sum(0) for p, n, length in zip(parts, layout.window_count, self.txt_lens)])
+        dist.all_reduce(total, group=self.ranks.group)
+        count = torch.tensor(self.shard.window_total, device=total.device).repeat_interleave(torch.tensor(self.txt_lens, device=total.device))
+        return (total / count[:, None]).to(txt_out.dtype)
+
+    def gather(self, y: torch.Tensor) -> torch.Tensor:
+        """Every rank's rows [n_r, C] of the current layout -> all rows [Lv, C] in packed order."""
+        rows = self.shard.rows
+        counts = [b - a for a, b in zip(rows, rows[1:])]
+        padded = F.pad(y, (0, 0, 0, max(counts) - y.shape[0]))
+        pieces = [torch.empty_like(padded) for _ in counts]
+        dist.all_gather(pieces, padded.contiguous(), group=self.ranks.group)
+        order = self.base.layout(*self.key)[0].order
+        out = y.new_empty((order.numel(), y.shape[1]))
+        out[order] = torch.cat([p[:n] for p, n in zip(pieces, counts)])
+        return out
+
+
+def _layout_key(block: torch.nn.Module) -> LayoutKey:
+    return (block.attn.window, block.attn.method)
+
+
+def run_dit(
+    model: NaDiT,
+    vid: torch.Tensor,
+    txt: torch.Tensor,
+    vid_shape: torch.Tensor,
+    txt_shape: torch.Tensor,
+    timestep: torch.Tensor | float,
+    ranks: Ranks,
+) -> torch.Tensor:
+    """`model(vid, txt, vid_shape, txt_shape, timestep)` with the blocks' tokens split over `ranks`.
+
+    Every rank must call it with identical inputs (same noise, same text) and returns the full
+    output. A group of one without a process group runs the model as is.
+    """
+    if ranks.group is None:
+        if ranks.size != 1:
+            raise ValueError(f"ranks.size is {ranks.size} but there is no process group")
+        return model(vid, txt, vid_shape, txt_shape, timestep)
+    patches, t, base, shapes = model.prepare(vid, txt, vid_shape, txt_shape, timestep)
+    log.debug("DiT forward split over %d ranks (this is rank %d)", ranks.size, ranks.rank)
+    ctx = ShardedContext(base, ranks)
+    ctx.enter(_layout_key(model.blocks[0]), None)
+    x = model.vid_in(patches[ctx.shard.tokens])
+    for block in model.blocks:
+        x = ctx.enter(_layout_key(block), x)
+        x, t = block(x, t, ctx)
+    return unpatchify(ctx.gather(model.project_out(x, ctx)), shapes, model.params.patch)
+
+
+def split_work(
+    fn: Callable[[Item], torch.Tensor], items: Sequence[Item], ranks: Ranks, everywhere: bool = False
+) -> list[torch.Tensor] | None:
+    """`[fn(item) for item in items]` with the items dealt to ranks in contiguous runs.
+
+    For work that splits into independent pieces (the VAE's spatial tiles, the pipeline's temporal
+    windows). The results come back in item order on the main rank (None elsewhere), or on every
+    rank with `everywhere` (e.g. latents that all ranks feed to `run_dit`). Shapes may differ per item.
+    """
+    if ranks.group is None:
+        return [fn(item) for item in items]
+    bounds = assign_windows([1] * len(items), ranks.size) if items else [0] * (ranks.size + 1)
+    start, stop = bounds[ranks.rank], bounds[ranks.rank + 1]
+    mine = {i: fn(items[i]).contiguous() for i in range(start, stop)}
+    meta = [None] * ranks.size
+    dist.all_gather_object(meta, {i: (tuple(y.shape), y.dtype) for i, y in mine.items()}, group=ranks.group)
+    owners = {i: r for r, m in enumerate(meta) for i in m}
+    shapes = {i: m[i] for m in meta for i in m}
+    results = []
+    for i in range(len(items)):
+        owner = owners[i]
+        if owner == ranks.rank:
+            y = mine[i]
+        elif everywhere or ranks.is_main:
+            y = torch.empty(shapes[i][0], dtype=shapes[i][1], device=ranks.device)
+        else:
+            continue
+        if everywhere:
+            dist.broadcast(y, src=dist.get_global_rank(ranks.group, owner), group=ranks.group)
+        elif owner != 0:
+            peer = dist.get_global_rank(ranks.group, 0 if ranks.rank == owner else owner)
+            (dist.send if ranks.rank == owner else dist.recv)(y, peer, group=ranks.group)
+        results.append(y)
+    return results if everywhere or ranks.is_main else None
