@@ -1,0 +1,99 @@
+"""Temporal windows, 4n+1 padding, crossfade, and the seam metric on a synthetic clip."""
+
+import numpy as np
+import pytest
+import torch
+
+from mediagen import pattern
+from seedvr.pipeline import RestorationModels, RestoreOptions, make_plan, restore, restore_frames
+from seedvr.pipeline.temporal import Crossfade, iter_windows, pad_to_4n1, padded_length, plan_windows
+
+CLIP = np.stack([pattern(i, 64, 48) for i in range(33)])  # smooth motion, 48x64
+
+
+def test_padded_length_follows_official_cut():
+    assert [padded_length(n) for n in (1, 2, 3, 4, 5, 6, 8, 9, 10, 21, 22)] == [1, 5, 5, 5, 5, 9, 9, 9, 13, 21, 25]
+    x = torch.arange(6.0)
+    assert pad_to_4n1(x).tolist() == [0, 1, 2, 3, 4, 5, 5, 5, 5]
+    assert pad_to_4n1(torch.zeros(3, 1, 2), dim=1).shape == (3, 1, 2)  # one frame stays one
+
+
+@pytest.mark.parametrize(
+    "total, window, overlap", [(33, 9, 5), (33, 13, 1), (7, 21, 5), (9, 9, 4), (10, 5, 0), (1, 5, 1)]
+)
+def test_windows_cover_the_stream_once_in_order(total, window, overlap):
+    chunks = [CLIP[i : min(i + 4, total)] for i in range(0, total, 4)]
+    windows = list(iter_windows(chunks, window, overlap))
+    assert [(s, s + len(f)) for s, f in windows] == plan_windows(total, window, overlap)
+    for start, frames in windows:
+        assert len(frames) <= window
+        np.testing.assert_array_equal(frames, CLIP[start : start + len(frames)])
+    assert windows[-1][0] + len(windows[-1][1]) == total
+
+
+def test_window_settings_are_checked():
+    with pytest.raises(ValueError, match="4n\\+1"):
+        plan_windows(20, 8, 2)
+    with pytest.raises(ValueError, match="overlap_frames"):
+        plan_windows(20, 9, 9)
+
+
+def test_crossfade_weights_are_linear_and_sum_to_one():
+    fade = Crossfade(overlap=3)
+    first = fade.push(0, torch.zeros(9, 1))
+    assert len(first) == 6
+    second = fade.push(6, torch.ones(7, 1))
+    assert second[:3, 0].tolist() == pytest.approx([0.25, 0.5, 0.75])
+    assert second[3:, 0].tolist() == [1.0]
+    assert len(fade.finish()) == 3
+    fade = Crossfade(overlap=3)
+    fade.push(0, torch.zeros(9, 1))
+    with pytest.raises(ValueError, match="held frames"):
+        fade.push(5, torch.zeros(4, 1))
+
+
+def _jumps(frames: np.ndarray) -> np.ndarray:
+    """Mean absolute difference between consecutive frames (levels of 255)."""
+    return np.abs(np.diff(frames.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))
+
+
+def _run_with_window_offsets(monkeypatch, window: int, overlap: int, offset: float) -> np.ndarray:
+    """Restore CLIP with a stand-in for the model: each window returns its input plus its own colour
+    offset (+offset, -offset, ...), the typical disagreement of two windows. The real streaming,
+    windowing and crossfade code runs."""
+    calls = iter(range(1000))
+
+    def fake_window(frames, models, options, plan, generator, stages):
+        sign = 1 if next(calls) % 2 == 0 else -1
+        x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
+        return x + sign * offset
+
+    monkeypatch.setattr(restore, "restore_window", fake_window)
+    models = RestorationModels(dit=None, vae=None, text_emb=None)
+    options = RestoreOptions(res_h=48, res_w=64, batch_frames=window, overlap_frames=overlap, color_fix="none")
+    plan = make_plan(48, 64, len(CLIP), models, options)
+    stages = restore.Stages("cpu", plan.windows, len(CLIP))
+    chunks = [CLIP[i : i + 8] for i in range(0, len(CLIP), 8)]
+    return np.concatenate(list(restore_frames(chunks, models, options, plan, stages)))
+
+
+def test_streaming_windows_are_aligned(monkeypatch):
+    out = _run_with_window_offsets(monkeypatch, 9, 5, offset=0.0)
+    assert out.shape == CLIP.shape
+    assert np.abs(out.astype(int) - CLIP.astype(int)).max() <= 1  # only the float round trip
+
+
+def test_seam_metric_crossfade_hides_window_borders(monkeypatch):
+    """Seam metric: frame-to-frame jump at a window border divided by the jump of the same two frames
+    in a single-window run (which has no border). A hard cut shows the windows' disagreement at once;
+    the crossfade spreads it over overlap + 1 transitions."""
+    single = _jumps(_run_with_window_offsets(monkeypatch, 41, 0, offset=0.08))
+    hard = _jumps(_run_with_window_offsets(monkeypatch, 9, 0, offset=0.08))
+    faded = _jumps(_run_with_window_offsets(monkeypatch, 9, 5, offset=0.08))
+    hard_borders = [8, 17, 26]  # transitions between the last frame of a window and the next window
+    hard_ratio = (hard[hard_borders] / single[hard_borders]).max()
+    faded_ratio = (faded / single).max()  # every transition, borders and blends included
+    inside = [t for t in range(len(single)) if t not in hard_borders]
+    assert np.allclose(hard[inside], single[inside], atol=0.5)
+    assert hard_ratio > 1.5  # the metric sees a seam when there is one
+    assert faded_ratio < 1.3  # the crossfade keeps every transition close to the seamless run
