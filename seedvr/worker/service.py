@@ -1,0 +1,330 @@
+"""The worker: one RunPod job in, one JSON answer out (shared/spec/api.md).
+
+The handler is async so that RunPod's per-job stop and timeouts reach it; the model work runs in a thread
+(the event loop must stay free for the SDK) and checks a cancel flag between temporal windows. One lock keeps
+GPU work to one job at a time, including a cancelled job's thread that is still winding down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import re
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import seedvr
+from seedvr.checkpoints import CheckpointError
+from seedvr.manager import ManagerConfig, ModelManager, ModelNotReady, ModelSpec
+from seedvr.media import MediaError, MediaInfo, probe
+from seedvr.pipeline import Cancelled, RestoreOptions, RestoreResult, restore_file
+from seedvr.pipeline.geometry import output_size
+
+from . import media_in, media_out
+from .errors import ErrorCode, WorkerError, classify_failure, error_response
+from .progress import ProgressReporter, Sender, default_sender
+from .schema import IMAGE_FORMATS, VIDEO_FORMATS, HealthRequest, InitializeRequest, RestoreRequest, parse_request
+from .settings import BucketConfig, WorkerSettings
+
+log = logging.getLogger("seedvr.worker")
+
+DEFAULT_FORMATS = {"video": "mp4", "image": "png"}
+A_KIND = {"video": "a video", "image": "an image"}
+FORMATS_BY_KIND = {"video": VIDEO_FORMATS, "image": IMAGE_FORMATS}
+
+
+def gpu_info() -> dict[str, Any]:
+    if not torch.cuda.is_available():
+        return {"cuda_available": False, "gpu_name": None, "gpu_memory": 0, "gpu_memory_free": 0}
+    free, total = torch.cuda.mem_get_info(0)
+    return {
+        "cuda_available": True,
+        "gpu_name": torch.cuda.get_device_name(0),
+        "gpu_memory": int(total),
+        "gpu_memory_free": int(free),
+    }
+
+
+def _seconds(start: float) -> float:
+    return round(time.perf_counter() - start, 3)
+
+
+class Worker:
+    def __init__(self, manager: ModelManager, settings: WorkerSettings, sender: Sender | None = None):
+        self.manager = manager
+        self.settings = settings
+        self.sender = sender or default_sender()
+        self._gpu = threading.Lock()
+
+    @classmethod
+    def from_env(cls) -> "Worker":
+        return cls(ModelManager(ManagerConfig.from_env()), WorkerSettings.from_env())
+
+    # ------------------------------------------------------------------ entry points
+
+    async def handle(self, job: dict[str, Any]) -> dict[str, Any]:
+        """The RunPod handler. A cancel (RunPod stop signal or timeout) sets the flag the pipeline polls."""
+        cancel = threading.Event()
+        try:
+            return await asyncio.to_thread(self.run, job, cancel)
+        except asyncio.CancelledError:
+            cancel.set()
+            log.warning("job %s cancelled: stopping at the next window", job.get("id"))
+            raise
+
+    def run(self, job: dict[str, Any], cancel: threading.Event | None = None) -> dict[str, Any]:
+        """Answer one job; every failure becomes {"error", "error_code"} and the worker keeps serving."""
+        job_id = str(job.get("id", "local"))
+        cancel = cancel or threading.Event()
+        try:
+            request = parse_request(job.get("input"))
+            if isinstance(request, HealthRequest):
+                return self.health()
+            with self._gpu:
+                if isinstance(request, InitializeRequest):
+                    return self.initialize(request)
+                return self.restore(job, request, cancel)
+        except Exception as exc:  # noqa: BLE001 - the contract: one string error, never a traceback
+            error = classify_failure(_known_failure(exc), job_id)
+            if error.refresh_worker or error.code is ErrorCode.CANCELLED:
+                self._release_gpu_memory()
+            log.info("job %s failed: %s %s", job_id, error.code.value, error.message)
+            return error_response(error)
+
+    # ------------------------------------------------------------------ actions
+
+    def health(self) -> dict[str, Any]:
+        """Never loads a model and never fails on missing weights: it reports what is there."""
+        resident = self.manager.resident
+        return {
+            "status": "healthy",
+            "model_initialized": self.manager.models is not None,
+            "model_type": resident.model_type if resident else None,
+            "model_variant": resident.variant if resident else None,
+            "sp_size": resident.sp_size if resident else None,
+            **gpu_info(),
+            "checkpoints": self.manager.checkpoint_status(),
+            "version": seedvr.__version__,
+        }
+
+    def initialize(self, request: InitializeRequest) -> dict[str, Any]:
+        model_type = request.model_type or self.manager.config.default_model
+        spec = self._spec(
+            model_type, request.model_variant or self.manager.default_variant(model_type), request.sp_size or 1
+        )
+        seconds = self.manager.ensure(spec)
+        return {
+            "message": f"Model {spec.model_type} ({spec.variant}) initialized successfully",
+            "model_type": spec.model_type,
+            "model_variant": spec.variant,
+            "sp_size": spec.sp_size,
+            "ready": True,
+            "load_seconds": round(seconds, 3),
+        }
+
+    def restore(self, job: dict[str, Any], request: RestoreRequest, cancel: threading.Event) -> dict[str, Any]:
+        start = time.perf_counter()
+        options = self._options(request)
+        spec = self._restore_spec(request)
+        self.manager.check_files(spec)
+        bucket = self._bucket(job)
+        if request.output_mode == "upload" and (problem := media_out.bucket_problem(bucket)):
+            raise WorkerError(ErrorCode.INVALID_INPUT, f"output_mode upload needs a bucket: {problem}")
+        workdir = Path(tempfile.mkdtemp(prefix=f"seedvr-{_safe_name(job.get('id', 'local'))}-"))
+        progress = ProgressReporter(job, self.sender, self.settings.progress_interval)
+        try:
+            step = time.perf_counter()
+            source = self._fetch(request, workdir)
+            info = self._check_input(source, request)
+            timings = {"fetch": _seconds(step)}
+            step = time.perf_counter()
+            if self.manager.ensure(spec):
+                timings["load_model"] = _seconds(step)
+            fmt = request.output_format or DEFAULT_FORMATS[info.kind]
+            result = restore_file(
+                source,
+                workdir / f"restored.{fmt}",
+                self.manager.models,
+                options,
+                media_type=info.kind,
+                fps=request.fps,
+                keep_audio=request.keep_audio,
+                output_format=fmt,
+                crf=request.crf,
+                progress=progress,
+                should_cancel=cancel.is_set,
+            )
+            progress.close()
+            answer = self._answer(request, spec, result, timings)
+            step = time.perf_counter()
+            answer = media_out.deliver(
+                answer,
+                Path(result.path),
+                request.output_mode,
+                self.settings.limits.inline_max_bytes,
+                bucket,
+                key=f"{_safe_name(job.get('id', 'local'))}/{Path(result.path).name}",
+                url_expiry=self.settings.url_expiry_seconds,
+            )
+            # A few bytes more than deliver() measured; its estimate leaves that margin.
+            answer["processing_info"]["timings"].update(deliver=_seconds(step), total=_seconds(start))
+            return answer
+        finally:
+            progress.close()
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    # ------------------------------------------------------------------ steps of restore
+
+    def _spec(self, model_type: str, variant: str, sp_size: int) -> ModelSpec:
+        variants = self.manager.variants(model_type)
+        if variant not in variants:
+            raise WorkerError(
+                ErrorCode.INVALID_INPUT,
+                f"model_variant {variant} does not exist for {model_type} (it has: {', '.join(variants)})",
+            )
+        gpus = max(1, torch.cuda.device_count())
+        if sp_size > gpus:
+            raise WorkerError(
+                ErrorCode.INVALID_INPUT, f"sp_size must be an integer between 1 and {gpus} (the number of GPUs)"
+            )
+        if sp_size > 1:
+            raise WorkerError(
+                ErrorCode.INVALID_INPUT,
+                "sp_size > 1 (sequence parallelism) is not available in this worker; use sp_size 1",
+            )
+        return ModelSpec(model_type, variant, sp_size)
+
+    def _restore_spec(self, request: RestoreRequest) -> ModelSpec:
+        """Fields left out mean "the resident model", so a restore never swaps unless asked to."""
+        resident = self.manager.resident
+        model_type = request.model_type or (resident.model_type if resident else self.manager.config.default_model)
+        same_model = resident is not None and resident.model_type == model_type
+        variant = request.model_variant or (
+            resident.variant if same_model else self.manager.default_variant(model_type)
+        )
+        sp_size = request.sp_size or (resident.sp_size if resident else 1)
+        return self._spec(model_type, variant, sp_size)
+
+    def _bucket(self, job: dict[str, Any]) -> BucketConfig | None:
+        s3_config = job.get("s3Config")
+        if isinstance(s3_config, dict) and s3_config:
+            return BucketConfig.from_job(s3_config)
+        return self.settings.bucket
+
+    def _fetch(self, request: RestoreRequest, workdir: Path) -> Path:
+        limits = self.settings.limits
+        field = request.media_field
+        if field == "media_url":
+            return media_in.download(
+                request.media_url,
+                workdir / "input",
+                limits.max_input_bytes,
+                limits.download_timeout,
+                self.settings.allow_private_urls,
+            )
+        return media_in.write_base64(getattr(request, field), field, workdir / "input", limits.max_input_bytes)
+
+    def _check_input(self, source: Path, request: RestoreRequest) -> MediaInfo:
+        """Everything that can be refused from the file's header is refused here, before the model runs."""
+        try:
+            info = probe(source)
+        except MediaError as err:
+            raise WorkerError(ErrorCode.UNSUPPORTED_MEDIA, f"Unsupported media: {err}") from None
+        if request.media_type != "auto" and info.kind != request.media_type:
+            raise WorkerError(
+                ErrorCode.UNSUPPORTED_MEDIA, f"media_type is {request.media_type} but the input is {A_KIND[info.kind]}"
+            )
+        limits = self.settings.limits
+        if info.frames > limits.max_frames:
+            raise WorkerError(
+                ErrorCode.TOO_LARGE, f"input has {info.frames:,} frames, over MAX_FRAMES={limits.max_frames:,}"
+            )
+        height, width = output_size(info.height, info.width, request.res_h, request.res_w, request.scale)
+        if height * width > limits.max_output_pixels:
+            raise WorkerError(
+                ErrorCode.TOO_LARGE,
+                f"output would be {width}x{height} = {height * width:,} pixels per frame, "
+                f"over MAX_OUTPUT_PIXELS={limits.max_output_pixels:,}",
+            )
+        allowed = FORMATS_BY_KIND[info.kind]
+        if request.output_format is not None and request.output_format not in allowed:
+            raise WorkerError(
+                ErrorCode.INVALID_INPUT,
+                f"output_format {request.output_format} does not fit {A_KIND[info.kind]}: "
+                f"use one of {', '.join(allowed)}",
+            )
+        return info
+
+    @staticmethod
+    def _options(request: RestoreRequest) -> RestoreOptions:
+        """The pipeline's own checks of its settings, run before any transfer or model work."""
+        try:
+            return RestoreOptions(
+                res_h=request.res_h,
+                res_w=request.res_w,
+                scale=request.scale,
+                seed=request.seed,
+                color_fix=request.color_fix,
+                batch_frames=request.batch_frames,
+                overlap_frames=request.overlap_frames,
+                cfg_scale=request.cfg_scale,
+                cfg_rescale=request.cfg_rescale,
+                sample_steps=request.sample_steps,
+            )
+        except ValueError as err:
+            raise WorkerError(ErrorCode.INVALID_INPUT, str(err)) from None
+
+    @staticmethod
+    def _answer(
+        request: RestoreRequest, spec: ModelSpec, result: RestoreResult, timings: dict[str, float]
+    ) -> dict[str, Any]:
+        out_w, out_h = result.output_size
+        in_w, in_h = result.input_size
+        return {
+            "success": True,
+            "media_type": result.media_type,
+            "model_type": spec.model_type,
+            "model_variant": spec.variant,
+            "resolution": f"{out_w}x{out_h}",
+            "processing_info": {
+                "seed": request.seed,
+                "cfg_scale": request.cfg_scale,
+                "sample_steps": request.sample_steps,
+                "sequence_parallel_size": spec.sp_size,
+                "input_resolution": f"{in_w}x{in_h}",
+                "frames": result.frames,
+                "fps": None if result.fps is None else round(float(result.fps), 3),
+                "color_fix": request.color_fix,
+                "timings": {**timings, **{k: round(v, 3) for k, v in result.timings.items()}},
+            },
+        }
+
+    def _release_gpu_memory(self) -> None:
+        """After OOM, a CUDA error or a cancel: hand the job's cached activations back (the model stays)."""
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _known_failure(exc: Exception) -> Exception:
+    """Map the lower floors' exceptions onto the contract's codes; others stay as they are."""
+    if isinstance(exc, ModelNotReady):
+        return WorkerError(ErrorCode.MODEL_NOT_READY, str(exc))
+    if isinstance(exc, Cancelled):
+        return WorkerError(ErrorCode.CANCELLED, "Job cancelled: stopped before the next temporal window")
+    if isinstance(exc, MediaError):
+        return WorkerError(ErrorCode.UNSUPPORTED_MEDIA, f"Unsupported media: {exc}")
+    if isinstance(exc, CheckpointError):
+        return WorkerError(ErrorCode.MODEL_NOT_READY, f"Model not initialized: {exc}")
+    return exc
+
+
+def _safe_name(job_id: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", str(job_id))[:80] or "job"

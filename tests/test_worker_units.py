@@ -1,0 +1,301 @@
+"""The worker's own layers, each against real things: request validation, base64 and URL transport (a real
+HTTP server on loopback), inline/upload delivery (a real S3-compatible server), progress throttling, errors."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from seedvr.worker.errors import ErrorCode, WorkerError, classify_failure, error_response
+from seedvr.worker.media_in import download, write_base64
+from seedvr.worker.media_out import bucket_problem, deliver
+from seedvr.worker.progress import ProgressReporter
+from seedvr.worker.schema import parse_request
+from seedvr.worker.settings import BucketConfig, Limits, WorkerSettings
+from worker_helpers import fetch, file_server, s3_server
+
+
+def _error(payload) -> WorkerError:
+    with pytest.raises(WorkerError) as info:
+        parse_request(payload)
+    return info.value
+
+
+# ------------------------------------------------------------------------------------------ schema
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        ({"media": "x", "res_h": 10}, "res_h must be an integer between 64 and 4096"),
+        ({"media": "x", "res_w": 5000}, "res_w must be an integer between 64 and 4096"),
+        ({"media": "x", "res_h": "720"}, "res_h must be an integer between 64 and 4096"),
+        ({"media": "x", "res_h": 720.5}, "res_h must be an integer between 64 and 4096"),
+        ({"media": "x", "seed": -1}, "seed must be an integer between 0 and 4294967295"),
+        ({"media": "x", "batch_frames": 8}, "batch_frames must be an integer of the form 4n+1 between 1 and 1001"),
+        ({"media": "x", "batch_frames": 9, "overlap_frames": 9}, "overlap_frames must be smaller than batch_frames"),
+        ({"media": "x", "keep_audio": "yes"}, "keep_audio must be true or false"),
+        ({"media": "x", "color_fix": "auto"}, "color_fix must be one of wavelet, adain, none"),
+        ({"media": "x", "output_mode": "s3"}, "output_mode must be one of auto, inline, upload"),
+        ({"media": "x", "scale": 0.1}, "scale must be a number between 0.25 and 16"),
+        ({"media": "x", "scale": 2, "res_h": 720}, "give either scale or res_h/res_w, not both"),
+        (
+            {"media": "x", "model_type": "seedvr2_3b", "model_variant": "sharp"},
+            "model_variant sharp exists for seedvr2_7b only",
+        ),
+        ({"media": "x", "model_type": "seedvr3"}, "model_type must be one of seedvr2_3b, seedvr2_7b"),
+        ({"media": 12}, "media must be a base64 string"),
+        ({"media": "x", "image": "y"}, "give only one of media, video, image, media_url (got media, image)"),
+        ({"media_url": "file:///etc/passwd"}, "media_url must be an http or https URL"),
+        ({"action": "initialize", "sp_size": 0}, "sp_size must be an integer between 1 and 64"),
+        ({"action": "restore"}, "No video data provided: give media, video, image or media_url"),
+        ({"action": "upscale"}, "action must be one of health, initialize, restore (got 'upscale')"),
+        ("just a string", "input must be a JSON object"),
+    ],
+)
+def test_invalid_requests_name_field_and_rule(payload, message):
+    error = _error(payload)
+    assert error.code is ErrorCode.INVALID_INPUT
+    assert error.message == message
+
+
+def test_unknown_field_is_refused_with_the_valid_ones():
+    error = _error({"media": "x", "resolution": 720})
+    assert error.message.startswith("unknown field 'resolution' (valid fields: action, model_type,")
+    assert "res_h" in error.message
+
+
+def test_several_errors_are_one_string():
+    error = _error({"media": "x", "res_h": 1, "crf": 99})
+    assert error.message == "res_h must be an integer between 64 and 4096; crf must be an integer between 0 and 51"
+
+
+def test_defaults_and_implicit_restore():
+    request = parse_request({"video": "AAAA"})
+    assert (request.res_h, request.res_w, request.seed, request.color_fix) == (1280, 720, 666, "wavelet")
+    assert request.media_field == "video" and request.output_mode == "auto" and request.keep_audio is True
+    assert parse_request({"action": "health", "anything": 1}).__class__.__name__ == "HealthRequest"
+
+
+def test_missing_action_without_media_lists_actions():
+    assert "health, initialize, restore" in _error({"res_h": 720}).message
+
+
+# ------------------------------------------------------------------------------------------ base64
+
+
+def test_base64_with_and_without_data_uri(tmp_path):
+    raw = bytes(range(256)) * 10
+    text = base64.b64encode(raw).decode()
+    assert write_base64(text, "media", tmp_path / "a", 10_000).read_bytes() == raw
+    uri = "data:video/mp4;base64," + text
+    assert write_base64(uri, "video", tmp_path / "b", 10_000).read_bytes() == raw
+    wrapped = "\n".join(text[i : i + 76] for i in range(0, len(text), 76))
+    assert write_base64(wrapped, "media", tmp_path / "c", 10_000).read_bytes() == raw
+
+
+@pytest.mark.parametrize(
+    "data, code, start",
+    [
+        ("not base64!!", ErrorCode.INVALID_INPUT, "Invalid base64 video data"),
+        ("QUJD=X", ErrorCode.INVALID_INPUT, "Invalid base64 video data"),
+        ("", ErrorCode.INVALID_INPUT, "video is empty"),
+        ("data:video/mp4,QUJD", ErrorCode.INVALID_INPUT, "Invalid base64 video data"),
+    ],
+)
+def test_bad_base64(tmp_path, data, code, start):
+    with pytest.raises(WorkerError) as info:
+        write_base64(data, "video", tmp_path / "in", 1000)
+    assert info.value.code is code and info.value.message.startswith(start)
+
+
+def test_base64_limit_is_checked_before_decoding(tmp_path):
+    # 4000 characters of invalid base64: a decode would fail, so TOO_LARGE proves the length came first.
+    with pytest.raises(WorkerError) as info:
+        write_base64("!" * 4000, "media", tmp_path / "in", 1000)
+    assert info.value.code is ErrorCode.TOO_LARGE
+    assert "MAX_INPUT_BYTES=1,000" in info.value.message
+    assert not (tmp_path / "in").exists()
+
+
+# ------------------------------------------------------------------------------------------ download
+
+
+def _download_error(url, tmp_path, max_bytes=10_000, timeout=10, allow_private=True) -> WorkerError:
+    with pytest.raises(WorkerError) as info:
+        download(url, tmp_path / "in", max_bytes, timeout, allow_private)
+    return info.value
+
+
+def test_download_streams_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", "true")
+    body = b"\x00\x01video" * 500
+    with file_server({"/clip.mp4": (body, {}), "/chunked": (body, {"no_length": True})}) as base:
+        assert download(base + "/clip.mp4", tmp_path / "a", 10_000, 10, True).read_bytes() == body
+        assert download(base + "/chunked", tmp_path / "b", 10_000, 10, True).read_bytes() == body
+
+
+def test_download_failures(tmp_path, monkeypatch):
+    monkeypatch.setenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", "true")
+    big = b"x" * 20_000
+    routes = {
+        "/big": (big, {}),
+        "/big-chunked": (big, {"no_length": True}),
+        "/slow": (b"y" * 40_000, {"delay": 0.3}),
+        "/empty": (b"", {}),
+    }
+    with file_server(routes) as base:
+        error = _download_error(base + "/big", tmp_path)
+        assert error.code is ErrorCode.TOO_LARGE and "20,000 bytes" in error.message
+        error = _download_error(base + "/big-chunked", tmp_path)
+        assert error.code is ErrorCode.TOO_LARGE
+        error = _download_error(base + "/missing", tmp_path)
+        assert error.code is ErrorCode.DOWNLOAD_FAILED and "HTTP 404" in error.message
+        error = _download_error(base + "/slow", tmp_path, max_bytes=100_000, timeout=1)
+        assert error.code is ErrorCode.DOWNLOAD_FAILED and "DOWNLOAD_TIMEOUT=1 s" in error.message
+        error = _download_error(base + "/empty", tmp_path)
+        assert error.code is ErrorCode.DOWNLOAD_FAILED and "empty body" in error.message
+    port = base.rsplit(":", 1)[1]  # the server is gone: nothing listens there any more
+    error = _download_error(f"http://127.0.0.1:{port}/clip.mp4", tmp_path)
+    assert error.code is ErrorCode.DOWNLOAD_FAILED and "ConnectionError" in error.message
+
+
+def test_private_addresses_are_refused_by_default(tmp_path, monkeypatch):
+    monkeypatch.delenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", raising=False)
+    for url in ("http://127.0.0.1:9/x.mp4", "http://10.1.2.3/x.mp4", "http://169.254.169.254/latest", "http://[::1]/x"):
+        error = _download_error(url, tmp_path, allow_private=False)
+        assert error.code is ErrorCode.INVALID_INPUT, url
+        assert "RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS=true" in error.message
+
+
+def test_unresolvable_host(tmp_path):
+    error = _download_error("http://no-such-host.invalid/x.mp4", tmp_path, allow_private=False)
+    assert error.code is ErrorCode.DOWNLOAD_FAILED and "cannot resolve host" in error.message
+
+
+# ------------------------------------------------------------------------------------------ delivery
+
+
+def _output(tmp_path, size: int, name: str = "restored.mp4") -> Path:
+    path = tmp_path / name
+    path.write_bytes(bytes(i % 251 for i in range(size)))
+    return path
+
+
+def test_inline_answer_stays_under_the_limit(tmp_path):
+    path = _output(tmp_path, 3000)
+    answer = deliver({"success": True}, path, "auto", 10_000, None, "job/restored.mp4", 60)
+    assert base64.b64decode(answer["media"][0]) == path.read_bytes()
+    assert answer["videos"] == answer["media"] and "media_urls" not in answer
+    assert len(json.dumps(answer)) <= 10_000
+    # 3000 bytes -> 4000 base64 characters, twice: over a 7000-byte answer limit.
+    with pytest.raises(WorkerError) as info:
+        deliver({"success": True}, path, "inline", 7000, None, "k", 60)
+    assert info.value.code is ErrorCode.TOO_LARGE and "INLINE_MAX_BYTES=7,000" in info.value.message
+
+
+def test_too_large_without_bucket_says_so(tmp_path):
+    path = _output(tmp_path, 3000)
+    with pytest.raises(WorkerError) as info:
+        deliver({"success": True}, path, "auto", 1000, None, "k", 60)
+    assert info.value.code is ErrorCode.TOO_LARGE
+    assert "no bucket is configured" in info.value.message and "BUCKET_ENDPOINT_URL" in info.value.message
+
+
+def test_bucket_problem_lists_what_is_missing():
+    assert "no bucket" in bucket_problem(None)
+    partial = BucketConfig("http://127.0.0.1:1", "key", "", None)
+    assert bucket_problem(partial) == (
+        "the bucket configuration lacks: secret access key, bucket name (BUCKET_NAME or s3Config.bucketName)"
+    )
+    assert (
+        bucket_problem(
+            BucketConfig.from_job({"endpointUrl": "u", "accessId": "a", "accessSecret": "s", "bucketName": "b"})
+        )
+        is None
+    )
+
+
+def test_upload_to_real_s3_server(tmp_path):
+    with s3_server("outputs") as env:
+        bucket = BucketConfig(
+            env["BUCKET_ENDPOINT_URL"], env["BUCKET_ACCESS_KEY_ID"], env["BUCKET_SECRET_ACCESS_KEY"], "outputs"
+        )
+        video = _output(tmp_path, 5000, "restored.mp4")
+        answer = deliver({"success": True}, video, "auto", 1000, bucket, "job-1/restored.mp4", 600)
+        assert "media" not in answer and len(answer["media_urls"]) == 1
+        assert "X-Amz-Signature" in answer["media_urls"][0]
+        body, content_type = fetch(answer["media_urls"][0])
+        assert body == video.read_bytes() and content_type == "video/mp4"
+        image = _output(tmp_path, 100, "restored.jpg")
+        answer = deliver({"success": True}, image, "upload", 10**9, bucket, "job-2/restored.jpg", 600)
+        assert fetch(answer["media_urls"][0]) == (image.read_bytes(), "image/jpeg")
+        missing = BucketConfig(bucket.endpoint_url, "k", "s", "no-such-bucket")
+        with pytest.raises(WorkerError) as info:
+            deliver({"success": True}, image, "upload", 10**9, missing, "k", 600)
+        assert info.value.code is ErrorCode.UPLOAD_FAILED and "no-such-bucket" in info.value.message
+
+
+# ------------------------------------------------------------------------------------------ progress
+
+
+class _Progress:
+    def __init__(self, done: int, total: int = 100):
+        self.stage, self.window, self.windows, self.frames_done, self.frames_total = "dit", 1, 4, done, total
+
+
+def test_progress_is_throttled_and_stops_at_close():
+    now = [0.0]
+    sent: list[dict] = []
+    reporter = ProgressReporter({"id": "j"}, lambda job, update: sent.append(update), 3.0, clock=lambda: now[0])
+    for t, done in [(0.0, 0), (1.0, 10), (2.9, 20), (3.1, 25), (5.0, 30), (6.2, 50)]:
+        now[0] = t
+        reporter(_Progress(done))
+    assert [u["frames_done"] for u in sent] == [0, 25, 50]
+    assert sent[2]["percent"] == 50.0 and sent[2]["eta_seconds"] == 6.2
+    assert sent[0]["eta_seconds"] is None and sent[0]["stage"] == "dit" and sent[0]["windows"] == 4
+    reporter.close()
+    now[0] = 100.0
+    reporter(_Progress(90))
+    assert len(sent) == 3
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+def test_error_response_shape():
+    assert error_response(WorkerError(ErrorCode.TOO_LARGE, "big")) == {"error": "big", "error_code": "TOO_LARGE"}
+    answer = error_response(WorkerError(ErrorCode.GPU_OOM, "oom", refresh_worker=True))
+    assert answer["refresh_worker"] is True
+
+
+def test_failures_are_classified():
+    import torch
+
+    oom = classify_failure(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"), "j1")
+    assert oom.code is ErrorCode.GPU_OOM and oom.refresh_worker
+    assert oom.message.startswith("Processing failed: CUDA out of memory (try a smaller res_h/res_w")
+    cuda = classify_failure(RuntimeError("CUDA error: an illegal memory access was encountered\nmore"), "j2")
+    assert cuda.code is ErrorCode.INTERNAL and cuda.refresh_worker and "\n" not in cuda.message
+    other = classify_failure(ValueError("bad thing"), "j3")
+    assert other.code is ErrorCode.INTERNAL and not other.refresh_worker
+    assert other.message == "Processing failed: ValueError: bad thing (job j3)"
+
+
+# ------------------------------------------------------------------------------------------ settings
+
+
+def test_limits_from_env(monkeypatch):
+    monkeypatch.setenv("MAX_FRAMES", "12")
+    monkeypatch.setenv("INLINE_MAX_BYTES", "1000")
+    monkeypatch.setenv("PROGRESS_INTERVAL", "0.5")
+    settings = WorkerSettings.from_env()
+    assert settings.limits.max_frames == 12 and settings.limits.inline_max_bytes == 1000
+    assert settings.limits.max_input_bytes == Limits().max_input_bytes == 200 * 1024 * 1024
+    assert settings.progress_interval == 0.5
+    monkeypatch.setenv("MAX_FRAMES", "many")
+    with pytest.raises(ValueError, match="MAX_FRAMES must be a positive number"):
+        Limits.from_env()

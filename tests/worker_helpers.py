@@ -1,0 +1,314 @@
+"""Test helpers of the worker tests: a real HTTP file server, a real S3-compatible server (moto in server
+mode), and the worker's local API server (`python handler.py --rp_serve_api`) run as a subprocess.
+
+Everything listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.server
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def b64(path: Path) -> str:
+    return base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+class _FileHandler(http.server.BaseHTTPRequestHandler):
+    """Serves `routes`: path -> (bytes, options). Options: `no_length` (chunked, no Content-Length),
+    `status`, `delay` (seconds between chunks)."""
+
+    routes: dict[str, tuple[bytes, dict[str, Any]]] = {}
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        body, options = self.routes.get(self.path, (b"not found", {"status": 404}))
+        self.send_response(options.get("status", 200))
+        if options.get("no_length"):
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        chunks = [body[i : i + 4096] for i in range(0, len(body), 4096)] or [b""]
+        for chunk in chunks:
+            if options.get("delay"):
+                time.sleep(options["delay"])
+            if options.get("no_length"):
+                self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            else:
+                self.wfile.write(chunk)
+        if options.get("no_length"):
+            self.wfile.write(b"0\r\n\r\n")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def file_server(routes: dict[str, tuple[bytes, dict[str, Any]]]) -> Iterator[str]:
+    """Yields the base URL (http://127.0.0.1:PORT) of a threaded server for `routes`."""
+    handler = type("Handler", (_FileHandler,), {"routes": routes})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True  # a slow route must not hold the shutdown
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# ---------------------------------------------------------------------------------------------- S3
+
+
+@contextlib.contextmanager
+def s3_server(bucket: str = "restored") -> Iterator[dict[str, str]]:
+    """A moto S3 server on loopback with one bucket; yields the BUCKET_* environment for the worker."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "BUCKET_ENDPOINT_URL": f"http://{host}:{port}",
+        "BUCKET_ACCESS_KEY_ID": "test-key",
+        "BUCKET_SECRET_ACCESS_KEY": "test-secret",
+        "BUCKET_NAME": bucket,
+    }
+    client = boto3.client(
+        "s3",
+        endpoint_url=env["BUCKET_ENDPOINT_URL"],
+        aws_access_key_id="test-key",
+        aws_secret_access_key="test-secret",
+        region_name="us-east-1",
+    )
+    client.create_bucket(Bucket=bucket)
+    try:
+        yield env
+    finally:
+        server.stop()
+
+
+def fetch(url: str) -> tuple[bytes, str]:
+    """GET a URL (e.g. a presigned one): body and content type."""
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.read(), response.headers.get("Content-Type", "")
+
+
+# ---------------------------------------------------------------------------------------------- worker
+
+
+class WorkerServer:
+    """`python handler.py --rp_serve_api` in a subprocess, and the calls a client makes to it."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, serve_local: bool = False):
+        """`serve_local`: start through scripts/serve_local.sh instead of calling handler.py directly."""
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        full_env = {**os.environ, "RUNPOD_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1", **env}
+        full_env.pop("RUNPOD_WEBHOOK_GET_JOB", None)
+        if serve_local:
+            command = ["bash", "scripts/serve_local.sh", "--host", "127.0.0.1", "--port", str(self.port)]
+        else:
+            command = [
+                sys.executable,
+                "handler.py",
+                "--rp_serve_api",
+                "--rp_api_host",
+                "127.0.0.1",
+                "--rp_api_port",
+                str(self.port),
+            ]
+        self._log = open(log_path, "wb")
+        self.process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.url + "/openapi.json", timeout=2):
+                    return
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.2)
+        raise RuntimeError(f"worker not ready after {timeout} s:\n{self.log_tail()}")
+
+    def post(self, path: str, body: dict[str, Any] | None = None, timeout: float = 300) -> dict[str, Any]:
+        data = json.dumps(body or {}).encode()
+        request = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+
+    def runsync(self, job_input: dict[str, Any], timeout: float = 300) -> dict[str, Any]:
+        return self.post("/runsync", {"input": job_input}, timeout)
+
+    def log_tail(self, chars: int = 4000) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+# ---------------------------------------------------------------------------------------------- RunPod
+
+
+class FakeRunPod:
+    """RunPod on loopback, both sides of the queue. Worker side: job-take hands out queued jobs, job-stop sends
+    stop signals, job-done records every POST (progress updates and final results) in arrival order. Client
+    side (`api_url`): POST /v2/<endpoint>/run queues a job, GET /v2/<endpoint>/status/<id> reports it from
+    what the worker posted, as RunPod's API does.
+
+    `env` is what a worker process needs to run in production mode against it.
+    """
+
+    def __init__(self):
+        self.jobs: list[dict[str, Any]] = []
+        self.stop: list[str] = []
+        self.posts: list[tuple[str, dict[str, Any]]] = []  # (job id, body)
+        self.auth: list[str | None] = []  # Authorization headers of client calls
+        self.lock = threading.Lock()
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:  # noqa: N802
+                if self.path.startswith("/job-take/"):
+                    self._answer(fake._next(fake.jobs))
+                elif self.path.startswith("/job-stop/"):
+                    ids = fake._next(fake.stop)
+                    self._answer(None if ids is None else {"jobsToStop": [ids]})
+                elif self.path.startswith("/v2/"):
+                    fake.auth.append(self.headers.get("Authorization"))
+                    self._answer(fake.status(self.path.rsplit("/", 1)[-1]))
+                else:  # ping
+                    self._answer({})
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                if self.path.startswith("/v2/"):
+                    fake.auth.append(self.headers.get("Authorization"))
+                    job_id = f"job-{len(fake.auth)}"
+                    fake.submit(job_id, body["input"])
+                    self._answer({"id": job_id, "status": "IN_QUEUE"})
+                    return
+                job_id = self.path.split("?")[0].rsplit("/", 1)[-1]
+                with fake.lock:
+                    fake.posts.append((job_id, body))
+                self._answer({})
+
+            def _answer(self, payload: Any) -> None:
+                if payload is None:
+                    time.sleep(0.3)  # a short long-poll keeps the worker from spinning
+                    self.send_response(204)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                data = json.dumps(payload).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.api_url = f"{base}/v2"
+        self.env = {
+            "RUNPOD_WEBHOOK_GET_JOB": f"{base}/job-take/$ID?gpu=test",
+            "RUNPOD_WEBHOOK_POST_OUTPUT": f"{base}/job-done/$RUNPOD_POD_ID/$ID?gpu=test",
+            "RUNPOD_WEBHOOK_PING": f"{base}/ping/$RUNPOD_POD_ID",
+            "RUNPOD_POD_ID": "test-worker",
+            "RUNPOD_AI_API_KEY": "test-key",
+            "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true",
+            "RUNPOD_SKIP_GPU_CHECK": "true",
+            "NO_PROXY": "127.0.0.1,localhost",
+        }
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _next(self, queue: list) -> Any:
+        with self.lock:
+            return queue.pop(0) if queue else None
+
+    def submit(self, job_id: str, job_input: dict[str, Any]) -> None:
+        with self.lock:
+            self.jobs.append({"id": job_id, "input": job_input})
+
+    def stop_job(self, job_id: str) -> None:
+        with self.lock:
+            self.stop.append(job_id)
+
+    def bodies(self, job_id: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [body for posted, body in self.posts if posted == job_id]
+
+    def final(self, job_id: str) -> dict[str, Any] | None:
+        done = [body for body in self.bodies(job_id) if body.get("status") != "IN_PROGRESS"]
+        return done[-1] if done else None
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        """What RunPod's GET /status answers: the final result, else the latest progress, else queued."""
+        bodies = self.bodies(job_id)
+        final = self.final(job_id)
+        if final is not None:
+            state = "FAILED" if "error" in final else "COMPLETED"
+            return {"id": job_id, "status": state, **{k: v for k, v in final.items() if k in ("output", "error")}}
+        if bodies:
+            return {"id": job_id, "status": "IN_PROGRESS", "output": bodies[-1]["output"]}
+        return {"id": job_id, "status": "IN_QUEUE"}
+
+    def wait_final(self, job_id: str, timeout: float = 300) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (body := self.final(job_id)) is not None:
+                return body
+            time.sleep(0.1)
+        raise TimeoutError(f"no result for job {job_id} after {timeout} s")
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
