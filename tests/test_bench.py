@@ -1,0 +1,61 @@
+"""scripts/bench.py: a CPU smoke run with the tiny models (the report's structure, never timings) and the
+FLOP model against the figures of shared/spec/seedvr2.md §9."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from seedvr.models.nadit import parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench"] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "model,latent,tflop",
+    [("3b", (6, 90, 160), 115.3), ("7b", (6, 90, 160), 183.9), ("3b", (6, 134, 240), 257.5), ("7b", (6, 134, 240), 410.5)],
+)
+def test_dit_flops_match_the_spec_table(model: str, latent: tuple, tflop: float) -> None:
+    config = yaml.safe_load((ROOT / f"configs_{model}" / "main.yaml").read_text())
+    params = parse_params(config["dit"]["arch"], config["dit"]["model"])
+    flops = load_bench().dit_flops(params, latent, 58)
+    assert sum(flops.values()) / 1e12 == pytest.approx(tflop, abs=0.15)
+
+
+def test_cpu_smoke_run_reports_every_stage(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--model", "tiny", "--frames", "13",
+           "--in-size", "64x48", "--res", "96x64", "--batch-frames", "9", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert report["frames"] == 13 and report["window"] == 9 and report["overlap"] == 5
+    assert report["output"] == "90x68" and report["input"] == "64x48"
+    assert set(report["seconds"]) == {"decode", "preprocess", "encode", "dit", "vae_decode", "postprocess", "write", "total"}
+    assert all(v >= 0 for v in report["seconds"].values())
+    assert report["seconds"]["total"] >= report["seconds"]["dit"] > 0
+    assert report["dit_gflop"] > 0 and report["dit_tflops_per_s"] > 0 and report["output_fps"] > 0
+    assert report["peak_memory_mb"]["process_rss"] > 0
+    assert "| dit |" in proc.stdout and "--model tiny" in report["command"]
+
+
+def test_help_documents_every_option() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0
+    for option in ("--model", "--ckpt-dir", "--device", "--dtype", "--attention", "--compile", "--frames", "--in-size",
+                   "--res", "--scale", "--batch-frames", "--overlap-frames", "--vae-tile", "--color-fix", "--warmup", "--json"):
+        assert option in proc.stdout
