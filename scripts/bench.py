@@ -98,12 +98,13 @@ def random_init_(module: torch.nn.Module, seed: int) -> None:
 
 
 def _materialize(module: torch.nn.Module, device: torch.device, dtype: torch.dtype, seed: int) -> torch.nn.Module:
-    module = module.to_empty(device=device)
+    """Allocate a meta-built module directly in `dtype` on `device` (one copy) and fill it."""
+    module = module.to(dtype).to_empty(device=device)
     random_init_(module, seed)
     for name, buf in module.named_buffers():
         if name.endswith("rope.freqs"):
             buf.copy_(model_frequencies(module.params))
-    return module.to(dtype).eval().requires_grad_(False)
+    return module.eval().requires_grad_(False)
 
 
 def build_models(args: argparse.Namespace) -> tuple[RestorationModels, NaDiTParams]:
