@@ -1,21 +1,27 @@
 """`python -m seedvr restore INPUT OUTPUT ...`: restore one file from the command line.
 
 Loads the model through the same manager the worker uses (configs_<model>/main.yaml + the flat
-checkpoint folder), restores with a progress bar and prints a short summary.
+checkpoint folder), restores with a progress bar and prints a short summary. Under
+`torchrun --nproc-per-node N -m seedvr restore ... --sp-size N` every rank loads the model on its own
+GPU and runs the same restoration with the DiT split over the ranks (docs/parallel.md); rank 0
+shows the progress, writes OUTPUT and prints the summary.
 """
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
-from seedvr.manager import PROJECT_ROOT, ManagerConfig, ModelManager, ModelSpec
+from seedvr import parallel
+from seedvr.manager import PROJECT_ROOT, ManagerConfig, ModelManager, ModelSpec, default_device
 from seedvr.media import MediaError
-from seedvr.pipeline import COLOR_FIXES, Progress, RestoreOptions, restore_file
+from seedvr.pipeline import COLOR_FIXES, Progress, RestoreOptions
 
 MODELS = {"3b": "seedvr2_3b", "7b": "seedvr2_7b"}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -38,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap-frames", type=int, help="frames shared and crossfaded by neighbouring windows")
     p.add_argument("--vae-tile", type=int, help="VAE tile size in pixels (0: never tile; default: from memory)")
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
+    p.add_argument(
+        "--sp-size", type=int, default=1,
+        help="sequence-parallel ranks, one GPU each; > 1 runs under torchrun --nproc-per-node SP_SIZE",
+    )
     p.add_argument("--dtype", choices=sorted(DTYPES), help="default: bf16 on CUDA, fp32 on CPU")
     p.add_argument("--ckpt-dir", type=Path, default=Path("ckpts"))
     p.add_argument("--config-dir", type=Path, default=PROJECT_ROOT, help="folder holding configs_3b/, configs_7b/")
@@ -73,45 +83,74 @@ def _output_format(path: Path, explicit: str | None) -> str | None:
     return {"jpeg": "jpg"}.get(suffix, suffix) or None
 
 
-def restore(args: argparse.Namespace) -> int:
+def join_ranks(sp_size: int, device: str | None) -> parallel.Ranks:
+    """The sequence-parallel group this process belongs to, checked against how it was started."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if sp_size < 1:
+        raise ValueError(f"--sp-size must be >= 1, got {sp_size}")
+    if sp_size != world:
+        started = f"torchrun started {world} processes" if "WORLD_SIZE" in os.environ else "not started by torchrun"
+        raise ValueError(
+            f"--sp-size {sp_size} must equal the number of torchrun processes ({started}): "
+            f"run torchrun --nproc-per-node {sp_size} -m seedvr restore ... --sp-size {sp_size}"
+        )
+    if sp_size == 1:
+        return parallel.Ranks(group=None, rank=0, size=1, device=torch.device(device) if device else default_device())
+    if device is not None and device not in ("cuda", "cpu"):
+        raise ValueError(f"--device {device}: with --sp-size > 1 rank r uses cuda:r; give --device cuda or cpu")
+    return parallel.init_from_env(device)
+
+
+def restore(args: argparse.Namespace, ranks: parallel.Ranks) -> int:
     options = RestoreOptions(
         res_h=args.res_h, res_w=args.res_w, scale=args.scale, seed=args.seed, color_fix=args.color_fix,
         batch_frames=args.batch_frames, overlap_frames=args.overlap_frames, vae_tile=args.vae_tile,
     )
-    device = torch.device(args.device) if args.device else None
     manager = ModelManager(
         ManagerConfig(ckpt_dir=args.ckpt_dir, config_dir=args.config_dir),
-        device=device,
+        device=ranks.device,
         dtype=DTYPES[args.dtype] if args.dtype else None,
     )
-    spec = ModelSpec(model_type=MODELS[args.model], variant=args.variant)
+    spec = ModelSpec(model_type=MODELS[args.model], variant=args.variant, sp_size=ranks.size)
     if args.variant not in manager.variants(spec.model_type):
         raise ValueError(f"--variant {args.variant} does not exist for --model {args.model}")
     load_seconds = manager.ensure(spec)
-    bar = ProgressBar()
+    bar = ProgressBar() if ranks.is_main else None
     try:
-        result = restore_file(
-            args.input, args.output, manager.models, options,
+        result = parallel.restore_file(
+            args.input, args.output, manager.models, options, ranks,
             keep_audio=not args.no_audio, output_format=_output_format(args.output, args.output_format),
             crf=args.crf, progress=bar,
         )
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
+    if not ranks.is_main:
+        return 0
     (in_w, in_h), (out_w, out_h) = result.input_size, result.output_size
     fps = f" at {result.fps:.3f} fps" if result.fps else ""
     print(f"{result.media_type}: {in_w}x{in_h} -> {out_w}x{out_h}, {result.frames} frame(s){fps} -> {result.path}")
     stages = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in result.timings.items())
-    print(f"model {spec.model_type} ({spec.variant}) on {manager.device} {manager.dtype}, load {load_seconds:.1f}s")
+    ranks_text = f", {ranks.size} sequence-parallel ranks" if ranks.size > 1 else ""
+    print(f"model {spec.model_type} ({spec.variant}) on {manager.device} {manager.dtype}{ranks_text}, "
+          f"load {load_seconds:.1f}s")
     print(f"timings: {stages}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = logging.INFO if args.verbose else logging.WARNING
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    level = logging.INFO if args.verbose and main_rank else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return restore(args)
+        ranks = join_ranks(args.sp_size, args.device)
+        try:
+            return restore(args, ranks)
+        finally:
+            if ranks.group is not None:
+                dist.destroy_process_group()
     except (ValueError, OSError, RuntimeError, MediaError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        where = f"rank {os.environ['RANK']}: " if args.sp_size > 1 and "RANK" in os.environ else ""
+        print(f"error: {where}{exc}", file=sys.stderr)
         return 1

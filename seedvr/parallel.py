@@ -11,21 +11,26 @@ identically everywhere. A rank with no windows (fewer windows than ranks) idles 
 collectives. docs/parallel.md compares this with the official Ulysses scheme.
 
 Launch with torchrun; `init_from_env()` joins the job, `run_dit(model, ...)` replaces `model(...)`.
-Every rank must pass identical inputs and gets the full output.
+Every rank must pass identical inputs and gets the full output. `restore_file(..., ranks)` runs the
+whole file pipeline on every rank of a group (the CLI under torchrun, the worker's rank processes).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from seedvr import media, pipeline
 from seedvr.models.attention import VarlenPlan, make_plan
 from seedvr.models.layers import unpatchify
 from seedvr.models.nadit import ForwardContext, NaDiT
@@ -52,15 +57,16 @@ class Ranks:
         return self.rank == 0
 
 
-def init_from_env() -> Ranks:
+def init_from_env(device_type: str | None = None) -> Ranks:
     """Join the torchrun job described by RANK / WORLD_SIZE / LOCAL_RANK (nccl on CUDA, else gloo).
 
     Without those variables (a plain `python` start) this is a group of one with no process group.
+    `device_type` "cpu" keeps a CUDA machine's ranks on the CPU (gloo); None takes CUDA when present.
     """
+    cuda = torch.cuda.is_available() if device_type is None else device_type == "cuda"
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return Ranks(group=None, rank=0, size=1, device=device)
-    if torch.cuda.is_available():
+        return Ranks(group=None, rank=0, size=1, device=torch.device("cuda" if cuda else "cpu"))
+    if cuda:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
         backend = "nccl"
@@ -337,3 +343,87 @@ def split_work(
             (dist.send if ranks.rank == owner else dist.recv)(y, peer, group=ranks.group)
         results.append(y)
     return results if everywhere or ranks.is_main else None
+
+
+# ---------------------------------------------------------------------------------- the file pipeline
+
+
+def broadcast_object(obj: Any, ranks: Ranks) -> Any:
+    """The main rank's `obj` on every rank (what the others pass is ignored); picklable objects only."""
+    if ranks.group is None:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=dist.get_global_rank(ranks.group, 0), group=ranks.group)
+    return box[0]
+
+
+def _dit_from_main(
+    model: NaDiT, vid: torch.Tensor, txt: torch.Tensor, vid_shape: torch.Tensor, txt_shape: torch.Tensor,
+    timestep: torch.Tensor | float, ranks: Ranks,
+) -> torch.Tensor:
+    """`run_dit` on the main rank's video tokens: ranks that encoded the same frames on other GPUs may
+    differ in the last bits (kernel choice), and the sharded forward needs one input."""
+    vid = vid.contiguous()
+    dist.broadcast(vid, src=dist.get_global_rank(ranks.group, 0), group=ranks.group)
+    return run_dit(model, vid, txt, vid_shape, txt_shape, timestep, ranks)
+
+
+def sharded_dit(model: NaDiT, ranks: Ranks) -> Callable[..., torch.Tensor]:
+    """The DiT callable the pipeline's sampler calls, split over `ranks` (the model itself for one rank)."""
+    return model if ranks.group is None else partial(_dit_from_main, model, ranks=ranks)
+
+
+def _agreed_options(
+    src: Path, models: pipeline.RestorationModels, options: pipeline.RestoreOptions
+) -> pipeline.RestoreOptions:
+    """`options` with the automatic window, overlap and tile made explicit, as this rank would plan them.
+
+    The automatic choices read the free GPU memory, which differs between GPUs; every rank must cut the
+    clip the same way, so they all take the main rank's choice.
+    """
+    info = media.probe(src)
+    frames = 1 if info.kind == "image" else info.frames
+    plan = pipeline.make_plan(info.height, info.width, frames, models, options)
+    temporal = {} if frames == 1 else {"batch_frames": plan.window, "overlap_frames": plan.overlap}
+    return dataclasses.replace(options, vae_tile=plan.tiling.tile if plan.tiling else 0, **temporal)
+
+
+def _from_main(fn: Callable[[], Any], ranks: Ranks) -> Any:
+    """`fn()` on the main rank, its result (or its exception, raised) on every rank: a failure on the
+    main rank must not leave the others waiting in a collective."""
+    value: Any = None
+    if ranks.is_main:
+        try:
+            value = fn()
+        except Exception as exc:  # noqa: BLE001 - re-raised on every rank just below
+            value = exc
+    value = broadcast_object(value, ranks)
+    if isinstance(value, Exception):
+        raise value
+    return value
+
+
+def restore_file(
+    src: str | Path,
+    dst: str | Path,
+    models: pipeline.RestorationModels,
+    options: pipeline.RestoreOptions,
+    ranks: Ranks,
+    *,
+    should_cancel: Callable[[], bool] | None = None,
+    **kwargs: Any,
+) -> pipeline.RestoreResult:
+    """`pipeline.restore_file` run together by every rank of `ranks`; only the main rank writes `dst`.
+
+    All ranks must call it with the same arguments (the same input file on the same machine); `kwargs`
+    are `restore_file`'s. The ranks take the main rank's plan and DiT input, so the result is the one
+    process' result up to float round-off in the DiT. `should_cancel` is polled on the main rank only
+    and its answer shared, so every rank stops at the same window.
+    """
+    if ranks.group is None:
+        return pipeline.restore_file(src, dst, models, options, should_cancel=should_cancel, **kwargs)
+    options = _from_main(lambda: _agreed_options(Path(src), models, options), ranks)
+    models = dataclasses.replace(models, dit=sharded_dit(models.dit, ranks))
+    cancelled = partial(_from_main, lambda: bool(should_cancel and should_cancel()), ranks)
+    log.info("rank %d of %d restores %s%s", ranks.rank, ranks.size, src, " and writes it" if ranks.is_main else "")
+    return pipeline.restore_file(src, dst, models, options, should_cancel=cancelled, write=ranks.is_main, **kwargs)

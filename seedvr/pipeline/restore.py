@@ -351,6 +351,10 @@ def _write_video(restored: Iterator[np.ndarray], writer, stages: Stages) -> int:
     return stages.frames_done
 
 
+def _drop(restored: Iterator[np.ndarray]) -> int:
+    return sum(len(chunk) for chunk in restored)
+
+
 def restore_file(
     src: str | Path,
     dst: str | Path,
@@ -364,11 +368,13 @@ def restore_file(
     crf: int = 18,
     progress: Callable[[Progress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    write: bool = True,
 ) -> RestoreResult:
     """Restore ``src`` into ``dst`` (image in -> image out, video in -> video out with its audio).
 
     Streams: frames are decoded, restored and encoded window by window. On any failure (including
-    :class:`Cancelled`) the partial ``dst`` is removed.
+    :class:`Cancelled`) the partial ``dst`` is removed. ``write=False`` restores every window but
+    drops the frames: the other ranks of a sequence-parallel group, whose main rank writes ``dst``.
     """
     started = time.perf_counter()
     src, dst = Path(src), Path(dst)
@@ -380,17 +386,21 @@ def restore_file(
     try:
         if kind == "image":
             restored = restore_frames([media.read_image(src)[None]], models, options, plan, stages, should_cancel)
-            frames = _write_image(restored, dst, output_format or "png", stages)
+            frames = _write_image(restored, dst, output_format or "png", stages) if write else _drop(restored)
         else:
-            audio_from = src if keep_audio and info.has_audio else None
-            writer = media.VideoWriter(
-                dst, plan.size[1], plan.size[0], out_fps, fmt=output_format or "mp4", crf=crf, audio_from=audio_from
-            )
             chunks = _timed(media.iter_video(src, READ_CHUNK), stages, "decode")
             restored = restore_frames(chunks, models, options, plan, stages, should_cancel)
-            frames = _write_video(restored, writer, stages)
+            if write:
+                audio_from = src if keep_audio and info.has_audio else None
+                writer = media.VideoWriter(
+                    dst, plan.size[1], plan.size[0], out_fps, fmt=output_format or "mp4", crf=crf, audio_from=audio_from
+                )
+                frames = _write_video(restored, writer, stages)
+            else:
+                frames = _drop(restored)
     except BaseException:
-        dst.unlink(missing_ok=True)
+        if write:
+            dst.unlink(missing_ok=True)
         raise
     stages.timings["total"] = time.perf_counter() - started
     stages.report("done")

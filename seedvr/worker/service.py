@@ -2,7 +2,8 @@
 
 The handler is async so that RunPod's per-job stop and timeouts reach it; the model work runs in a thread
 (the event loop must stay free for the SDK) and checks a cancel flag between temporal windows. One lock keeps
-GPU work to one job at a time, including a cancelled job's thread that is still winding down.
+GPU work to one job at a time, including a cancelled job's thread that is still winding down. With
+`sp_size > 1` the model lives in resident rank processes (`ranks.RankGroup`) and this process holds none.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import re
 import shutil
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +33,14 @@ from seedvr.pipeline.geometry import output_size
 from . import media_in, media_out
 from .errors import ErrorCode, WorkerError, classify_failure, error_response
 from .progress import ProgressReporter, Sender, default_sender
+from .ranks import GroupConfig, RankFailure, RankGroup
 from .schema import IMAGE_FORMATS, VIDEO_FORMATS, HealthRequest, InitializeRequest, RestoreRequest, parse_request
 from .settings import BucketConfig, WorkerSettings
 
 log = logging.getLogger("seedvr.worker")
 
 DEFAULT_FORMATS = {"video": "mp4", "image": "png"}
+CPU_SP_MAX_ENV = "SEEDVR_CPU_SP_MAX"  # sequence-parallel ranks allowed without CUDA (gloo; tests)
 A_KIND = {"video": "a video", "image": "an image"}
 FORMATS_BY_KIND = {"video": VIDEO_FORMATS, "image": IMAGE_FORMATS}
 
@@ -62,6 +67,7 @@ class Worker:
         self.settings = settings
         self.sender = sender or default_sender()
         self._gpu = threading.Lock()
+        self.group: RankGroup | None = None  # the resident model when sp_size > 1
 
     @classmethod
     def from_env(cls) -> "Worker":
@@ -100,12 +106,19 @@ class Worker:
 
     # ------------------------------------------------------------------ actions
 
+    @property
+    def resident(self) -> ModelSpec | None:
+        """The model loaded here, or by the rank group (kept after a rank failure: the next job rebuilds it)."""
+        group = self.group  # read once: health runs beside a job that may swap it
+        return group.spec if group is not None else self.manager.resident
+
     def health(self) -> dict[str, Any]:
         """Never loads a model and never fails on missing weights: it reports what is there."""
-        resident = self.manager.resident
+        group, resident = self.group, self.resident
+        loaded = group.running if group is not None else self.manager.models is not None
         return {
             "status": "healthy",
-            "model_initialized": self.manager.models is not None,
+            "model_initialized": loaded,
             "model_type": resident.model_type if resident else None,
             "model_variant": resident.variant if resident else None,
             "sp_size": resident.sp_size if resident else None,
@@ -119,7 +132,7 @@ class Worker:
         spec = self._spec(
             model_type, request.model_variant or self.manager.default_variant(model_type), request.sp_size or 1
         )
-        seconds = self.manager.ensure(spec)
+        seconds = self._ensure(spec)
         return {
             "message": f"Model {spec.model_type} ({spec.variant}) initialized successfully",
             "model_type": spec.model_type,
@@ -145,14 +158,14 @@ class Worker:
             info = self._check_input(source, request)
             timings = {"fetch": _seconds(step)}
             step = time.perf_counter()
-            if self.manager.ensure(spec):
+            if self._ensure(spec):
                 timings["load_model"] = _seconds(step)
             fmt = request.output_format or DEFAULT_FORMATS[info.kind]
-            result = restore_file(
+            run = partial(restore_file, models=self.manager.models) if self.group is None else self.group.restore
+            result = run(
                 source,
                 workdir / f"restored.{fmt}",
-                self.manager.models,
-                options,
+                options=options,
                 media_type=info.kind,
                 fps=request.fps,
                 keep_audio=request.keep_audio,
@@ -182,6 +195,41 @@ class Worker:
 
     # ------------------------------------------------------------------ steps of restore
 
+    def _ensure(self, spec: ModelSpec) -> float:
+        """Make `spec` resident: in this process for sp_size 1, else in a rank group (this process then
+        frees its model, since rank 0 takes the first GPU). Returns the seconds spent loading."""
+        if spec.sp_size == 1:
+            self.stop_ranks()
+            return self.manager.ensure(spec)
+        if self.group is not None and self.group.spec == spec and self.group.running:
+            return 0.0
+        self.manager.check_files(spec)
+        self.stop_ranks()
+        self.manager.unload()
+        config = GroupConfig(self.manager.config, spec, self.manager.device.type, self.manager.dtype)
+        self.group = RankGroup(config)
+        try:
+            return self.group.start()
+        except BaseException:
+            self.group.stop(graceful=False)
+            self.group = None
+            raise
+
+    def stop_ranks(self) -> None:
+        """End the sequence-parallel rank processes, if any (their model goes with them)."""
+        if self.group is not None:
+            self.group.stop()
+            self.group = None
+
+    def _sp_max(self) -> tuple[int, str]:
+        """How many ranks this machine can run: one per GPU; on the CPU SEEDVR_CPU_SP_MAX (default 1)."""
+        if self.manager.device.type == "cuda":
+            return max(1, torch.cuda.device_count()), "the number of GPUs"
+        try:
+            return max(1, int(os.environ.get(CPU_SP_MAX_ENV, "1"))), f"{CPU_SP_MAX_ENV} on a CPU worker"
+        except ValueError:
+            raise WorkerError(ErrorCode.INTERNAL, f"{CPU_SP_MAX_ENV} must be an integer") from None
+
     def _spec(self, model_type: str, variant: str, sp_size: int) -> ModelSpec:
         variants = self.manager.variants(model_type)
         if variant not in variants:
@@ -189,21 +237,14 @@ class Worker:
                 ErrorCode.INVALID_INPUT,
                 f"model_variant {variant} does not exist for {model_type} (it has: {', '.join(variants)})",
             )
-        gpus = max(1, torch.cuda.device_count())
-        if sp_size > gpus:
-            raise WorkerError(
-                ErrorCode.INVALID_INPUT, f"sp_size must be an integer between 1 and {gpus} (the number of GPUs)"
-            )
-        if sp_size > 1:
-            raise WorkerError(
-                ErrorCode.INVALID_INPUT,
-                "sp_size > 1 (sequence parallelism) is not available in this worker; use sp_size 1",
-            )
+        limit, reason = self._sp_max()
+        if sp_size > limit:
+            raise WorkerError(ErrorCode.INVALID_INPUT, f"sp_size must be an integer between 1 and {limit} ({reason})")
         return ModelSpec(model_type, variant, sp_size)
 
     def _restore_spec(self, request: RestoreRequest) -> ModelSpec:
         """Fields left out mean "the resident model", so a restore never swaps unless asked to."""
-        resident = self.manager.resident
+        resident = self.resident
         model_type = request.model_type or (resident.model_type if resident else self.manager.config.default_model)
         same_model = resident is not None and resident.model_type == model_type
         variant = request.model_variant or (
@@ -323,6 +364,8 @@ def _known_failure(exc: Exception) -> Exception:
         return WorkerError(ErrorCode.UNSUPPORTED_MEDIA, f"Unsupported media: {exc}")
     if isinstance(exc, CheckpointError):
         return WorkerError(ErrorCode.MODEL_NOT_READY, f"Model not initialized: {exc}")
+    if isinstance(exc, RankFailure):
+        return WorkerError(ErrorCode.INTERNAL, f"Processing failed: {exc}")
     return exc
 
 

@@ -1,0 +1,112 @@
+"""`torchrun -m seedvr restore ... --sp-size N` end to end on the CPU (gloo over loopback) with the tiny
+models: 2 and 3 ranks give the one-process output, for a video cut into 3 temporal windows of 2 DiT
+windows each (3 ranks: one idles) and for an image of 4 DiT windows (3 ranks: uneven)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from mediagen import make_image, make_video
+from seedvr import media
+from seedvr.cli import main
+from tiny import write_tiny_setup
+from worker_helpers import free_port
+
+RANKS = (2, 3)
+# 13 frames, windows of 5 sharing 1 -> 3 windows of 2 latent frames, each 2 DiT windows along time.
+# crf 0 is lossless: libx264's output depends on the timing of the writes (its threads), so a lossy
+# encode of the same frames can differ between runs; lossless leaves only the pipeline's frames.
+VIDEO_ARGS = ["--res-h", "48", "--res-w", "64", "--batch-frames", "5", "--overlap-frames", "1", "--seed", "5",
+              "--crf", "0"]
+# 512x384 -> a 24x32 token grid: 2x2 regular and 2x2 shifted windows.
+IMAGE_ARGS = ["--res-h", "384", "--res-w", "512", "--seed", "5"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("sp_cli")
+    config_dir, ckpt_dir = write_tiny_setup(root / "tiny")
+    return {
+        "root": root,
+        "common": ["--config-dir", str(config_dir), "--ckpt-dir", str(ckpt_dir), "--device", "cpu", "--vae-tile", "0"],
+        "video": make_video(root / "clip.mp4", frames=13, width=64, height=48),
+        "image": make_image(root / "still.png", width=64, height=48),
+    }
+
+
+def torchrun(ranks: int, args: list[str]) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks), "--master-addr",
+           "127.0.0.1", "--master-port", str(free_port()), "-m", "seedvr", "restore", *args, "--sp-size", str(ranks)]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.fixture(scope="module")
+def outputs(setup) -> dict:
+    """Per kind: the one-process output (plain `main`, no torchrun) and each rank count's, with its stdout."""
+    out = {}
+    for kind, args, suffix in (("video", VIDEO_ARGS, "mp4"), ("image", IMAGE_ARGS, "png")):
+        folder = setup["root"] / kind
+        folder.mkdir()
+        alone = folder / f"sp1.{suffix}"
+        assert main(["restore", str(setup[kind]), str(alone), *args, *setup["common"]]) == 0
+        out[kind, 1] = (alone, "")
+        for ranks in RANKS:
+            dst = folder / f"sp{ranks}.{suffix}"
+            done = torchrun(ranks, [str(setup[kind]), str(dst), *args, *setup["common"]])
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+            out[kind, ranks] = (dst, done.stdout)
+    return out
+
+
+def video_frames(path: Path) -> np.ndarray:
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def assert_nearly_equal(got: np.ndarray, want: np.ndarray) -> None:
+    """Float32 round-off of the split DiT may flip a quantisation step, rarely and by one level."""
+    assert got.shape == want.shape
+    diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
+
+
+@pytest.mark.slow  # the torchrun launches: about a minute on 2 cores
+@pytest.mark.parametrize("ranks", RANKS)
+def test_video_over_ranks_equals_one_process(outputs, ranks: int) -> None:
+    (want, _), (got, stdout) = outputs["video", 1], outputs["video", ranks]
+    info = media.probe(got)
+    assert (info.kind, info.frames, info.width, info.height, info.has_audio) == ("video", 13, 64, 48, True)
+    assert_nearly_equal(video_frames(got), video_frames(want))
+    # Only rank 0 prints the summary, and only it writes: the folder holds one output per run.
+    assert stdout.count("video: 64x48 -> 64x48, 13 frame(s)") == 1
+    assert f"{ranks} sequence-parallel ranks" in stdout
+    assert sorted(p.name for p in got.parent.iterdir()) == [f"sp{n}.mp4" for n in (1, *RANKS)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ranks", RANKS)
+def test_image_over_ranks_equals_one_process(outputs, ranks: int) -> None:
+    (want, _), (got, stdout) = outputs["image", 1], outputs["image", ranks]
+    assert_nearly_equal(media.read_image(got), media.read_image(want))
+    assert stdout.count("image: 64x48 -> 512x384") == 1
+
+
+def test_sp_size_must_match_the_launch(setup, tmp_path, monkeypatch, capsys) -> None:
+    args = ["restore", str(setup["image"]), str(tmp_path / "o.png"), *setup["common"]]
+    assert main([*args, "--sp-size", "2"]) == 1
+    assert "--sp-size 2 must equal the number of torchrun processes (not started by torchrun)" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "0")
+    assert main([*args, "--sp-size", "2"]) == 1
+    assert "(torchrun started 3 processes): run torchrun --nproc-per-node 2" in capsys.readouterr().err
+    assert main([*args, "--sp-size", "0"]) == 1
+    assert "--sp-size must be >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
