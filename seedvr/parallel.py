@@ -373,6 +373,11 @@ def sharded_dit(model: NaDiT, ranks: Ranks) -> Callable[..., torch.Tensor]:
     return model if ranks.group is None else partial(_dit_from_main, model, ranks=ranks)
 
 
+def _tiles_over_ranks(fn: Callable[[Any], torch.Tensor], boxes: Sequence[Any], ranks: Ranks) -> list[torch.Tensor]:
+    """VAE tiles dealt to the ranks; every rank gets every tile back (its pipeline goes on with them)."""
+    return split_work(fn, boxes, ranks, everywhere=True)
+
+
 def _agreed_options(
     src: Path, models: pipeline.RestorationModels, options: pipeline.RestoreOptions
 ) -> pipeline.RestoreOptions:
@@ -423,7 +428,9 @@ def restore_file(
     if ranks.group is None:
         return pipeline.restore_file(src, dst, models, options, should_cancel=should_cancel, **kwargs)
     options = _from_main(lambda: _agreed_options(Path(src), models, options), ranks)
-    models = dataclasses.replace(models, dit=sharded_dit(models.dit, ranks))
+    models = dataclasses.replace(
+        models, dit=sharded_dit(models.dit, ranks), map_tiles=partial(_tiles_over_ranks, ranks=ranks)
+    )
     cancelled = partial(_from_main, lambda: bool(should_cancel and should_cancel()), ranks)
     log.info("rank %d of %d restores %s%s", ranks.rank, ranks.size, src, " and writes it" if ranks.is_main else "")
     return pipeline.restore_file(src, dst, models, options, should_cancel=cancelled, write=ranks.is_main, **kwargs)

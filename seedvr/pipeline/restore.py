@@ -24,7 +24,7 @@ from seedvr import media
 from . import geometry, sampling
 from .colorfix import COLOR_FIXES, color_fix
 from .temporal import Crossfade, check_window, default_overlap, floor_4n1, iter_windows, pad_to_4n1, plan_windows
-from .tiling import SPATIAL_FACTOR, Tiling, vae_decode, vae_encode
+from .tiling import SPATIAL_FACTOR, TileMap, Tiling, in_order, vae_decode, vae_encode
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class RestorationModels:
     device: torch.device | str = "cpu"
     dtype: torch.dtype = torch.float32
     text_neg_emb: torch.Tensor | None = None  # only needed for cfg_scale != 1
+    map_tiles: TileMap = in_order  # how VAE tiles are computed: here, or dealt to sequence-parallel ranks
 
 
 @dataclass
@@ -259,7 +260,7 @@ def restore_window(
         latent_frames = (video.shape[2] - 1) // TEMPORAL_FACTOR + 1
         h, w = (s // SPATIAL_FACTOR for s in video.shape[-2:])
         noise = _noise((1, LATENT_CHANNELS, latent_frames, h, w), generator, models.dtype)
-        cond = sampling.to_dit_latent(vae_encode(models.vae, video, noise, plan.tiling), models.scaling_factor)
+        cond = sampling.to_dit_latent(vae_encode(models.vae, video, noise, plan.tiling, models.map_tiles), models.scaling_factor)
     with stages("dit"):
         text_neg = None if models.text_neg_emb is None else models.text_neg_emb.to(models.device)
         x_0 = sampling.sample(
@@ -274,7 +275,7 @@ def restore_window(
         )
     with stages("vae_decode"):
         z = sampling.from_dit_latent(x_0, models.scaling_factor, models.dtype)
-        out = vae_decode(models.vae, z, plan.tiling)[0].permute(1, 0, 2, 3)[: len(frames)]
+        out = vae_decode(models.vae, z, plan.tiling, models.map_tiles)[0].permute(1, 0, 2, 3)[: len(frames)]
     with stages("postprocess", report=False):
         return color_fix(options.color_fix, geometry.unpad(out, plan.pads), geometry.unpad(lq, plan.pads))
 
