@@ -19,7 +19,7 @@ import torch
 
 from mediagen import make_image, make_video
 from tiny import write_tiny_setup
-from worker_helpers import b64, fetch, s3_server
+from worker_helpers import Updates, b64, fetch, s3_server
 
 from seedvr import checkpoints, manager as manager_module
 from seedvr.manager import ManagerConfig, ModelManager, ModelSpec
@@ -28,19 +28,6 @@ from seedvr.worker.settings import BucketConfig, Limits, WorkerSettings
 
 SMALL = {"res_h": 64, "res_w": 96}  # 48x64 input -> 68x90 output: one DiT window, seconds on a CPU
 LIMITS = Limits(max_input_bytes=200_000, max_frames=12, max_output_pixels=256 * 256, download_timeout=10)
-
-
-class Updates:
-    """Collects progress updates as RunPod's progress_update would receive them."""
-
-    def __init__(self):
-        self.sent: list[dict] = []
-        self.on_update = None
-
-    def __call__(self, job: dict, update: dict) -> None:
-        self.sent.append(update)
-        if self.on_update:
-            self.on_update(update)
 
 
 @pytest.fixture(scope="module")

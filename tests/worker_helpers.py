@@ -30,6 +30,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class Updates:
+    """Collects progress updates as RunPod's progress_update would receive them."""
+
+    def __init__(self):
+        self.sent: list[dict] = []
+        self.on_update = None
+
+    def __call__(self, job: dict, update: dict) -> None:
+        self.sent.append(update)
+        if self.on_update:
+            self.on_update(update)
+
+
 def b64(path: Path) -> str:
     return base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
