@@ -247,6 +247,20 @@ class _Progress:
         self.stage, self.window, self.windows, self.frames_done, self.frames_total = "dit", 1, 4, done, total
 
 
+def test_percent_moves_through_the_stages_of_a_single_window():
+    """A one-window clip writes its frames only at the end: the stages carry the percentage meanwhile."""
+    job = _Progress(0, total=9)
+    job.window, job.windows = 1, 1
+    percents = []
+    for stage in ("encode", "dit", "vae_decode", "write"):
+        job.stage = stage
+        percents.append(ProgressReporter.describe(job, elapsed=10.0)["percent"])
+    assert percents == [0.0, 24.0, 39.0, 100.0]
+    job.stage, job.window, job.windows = "dit", 2, 4  # second of four windows, nothing written yet
+    update = ProgressReporter.describe(job, elapsed=10.0)
+    assert update["percent"] == 31.0 and update["eta_seconds"] == round(10.0 * 0.69 / 0.31, 1)
+
+
 def test_progress_is_throttled_and_stops_at_close():
     now = [0.0]
     sent: list[dict] = []
