@@ -143,8 +143,9 @@ def _local_layout(full: WindowLayout, windows: tuple[int, int], txt_lens: list[i
     )
     v0, n, p0, total_vid = vid_start[a], vid_start[b] - vid_start[a], seq_start[a], full.order.numel()
     gather = full.gather[p0 : seq_start[b]]
+    local_order = torch.arange(n, device=full.order.device)
     return WindowLayout(
-        order=torch.arange(n, device=full.order.device),
+        order=local_order,
         local=full.local[v0 : v0 + n],
         extent=full.extent[v0 : v0 + n],
         window_count=torch.bincount(window_sample[a:b], minlength=len(txt_lens)).tolist(),
@@ -154,6 +155,7 @@ def _local_layout(full: WindowLayout, windows: tuple[int, int], txt_lens: list[i
         txt_rows=full.txt_rows[txt_start[a] : txt_start[b]] - p0,
         txt_source=full.txt_source,
         txt_pos=full.txt_pos,
+        inverse=local_order,
     )
 
 

@@ -27,7 +27,6 @@ from seedvr.models.layers import (
     TimeEmbedding,
     patchify,
     rows,
-    scale_shift,
     unpatchify,
 )
 from seedvr.models.rope import (
@@ -66,7 +65,6 @@ class NaDiTParams:
     rope: str  # "mmrope3d" (v2) or "pixel" (v1)
     rope_dim: int
     out_norm: bool
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_layers(self) -> int:
@@ -370,9 +368,7 @@ class NaDiT(nn.Module):
         if self.params.out_norm:
             # The official head reads the blocks' cached *attention* embedding slice (its own
             # "out" slot is never computed), plus its own out_shift/out_scale.
-            e = ctx.emb_slot(0, "vid")
-            x = self.vid_out_norm(x)
-            x = scale_shift(x, e[..., 1].float() + self.vid_out_ada.out_scale.float(), e[..., 0].float() + self.vid_out_ada.out_shift.float())
+            x = self.vid_out_ada.modulate_in(self.vid_out_norm(x), ctx.emb_slot(0, "vid"), "out")
         return self.vid_out(x)
 
 

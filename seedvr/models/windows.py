@@ -76,10 +76,7 @@ class WindowLayout:
     txt_rows: torch.Tensor  # [sum(window_count_b * L_b)] positions of text outputs in the packed sequence
     txt_source: torch.Tensor  # [Lt] text row whose rotated q/k each text row uses (v2 only, see below)
     txt_pos: torch.Tensor  # [Lt] rotary position of that row
-
-    @property
-    def inverse(self) -> torch.Tensor:
-        return torch.argsort(self.order)
+    inverse: torch.Tensor  # [Lv] the permutation undoing `order` (computed once, used by every block)
 
 
 def build_layout(
@@ -120,8 +117,9 @@ def build_layout(
         vid_offset += t * h * w
         txt_offset += txt_len
     txt_source, txt_pos = _repeated_text_rows(txt_lens, counts)
+    order = torch.cat(order)
     return WindowLayout(
-        order=torch.cat(order).to(device),
+        order=order.to(device),
         local=torch.cat(local).to(device),
         extent=torch.cat(extent).to(device),
         window_count=counts,
@@ -131,6 +129,7 @@ def build_layout(
         txt_rows=torch.cat(txt_rows).to(device),
         txt_source=txt_source.to(device),
         txt_pos=txt_pos.to(device),
+        inverse=torch.argsort(order).to(device),
     )
 
 
