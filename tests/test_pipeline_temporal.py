@@ -63,7 +63,7 @@ def _run_with_window_offsets(monkeypatch, window: int, overlap: int, offset: flo
     windowing and crossfade code runs."""
     calls = iter(range(1000))
 
-    def fake_window(frames, models, options, plan, generator, stages):
+    def fake_window(frames, models, options, plan, first_frame, stages):
         sign = 1 if next(calls) % 2 == 0 else -1
         x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
         return x + sign * offset

@@ -23,6 +23,7 @@ from seedvr import media
 
 from . import geometry, sampling
 from .colorfix import COLOR_FIXES, color_fix
+from .noise import window_noise
 from .temporal import Crossfade, check_window, default_overlap, floor_4n1, iter_windows, pad_to_4n1, plan_windows
 from .tiling import SPATIAL_FACTOR, TileMap, Tiling, in_order, vae_decode, vae_encode
 
@@ -227,10 +228,6 @@ class Stages:
             self.timings[stage] += time.perf_counter() - start
 
 
-def _noise(shape: tuple[int, ...], generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
-    return torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32).to(dtype)
-
-
 def preprocess(frames: np.ndarray, plan: Plan, device: torch.device | str) -> torch.Tensor:
     """uint8 ``[n, H, W, 3]`` -> ``[n, 3, H', W']`` in [-1, 1]: resize to the output size, pad to the grid.
 
@@ -249,23 +246,27 @@ def restore_window(
     models: RestorationModels,
     options: RestoreOptions,
     plan: Plan,
-    generator: torch.Generator,
+    first_frame: int,
     stages: Stages,
 ) -> torch.Tensor:
-    """One window of uint8 ``[n, H, W, 3]`` frames -> colour-fixed float ``[n, 3, h, w]`` (not clamped)."""
+    """One window of uint8 ``[n, H, W, 3]`` frames -> colour-fixed float ``[n, 3, h, w]`` (not clamped).
+
+    ``first_frame`` is the window's first input frame: with ``options.seed`` it keys the window's noise.
+    """
     with stages("preprocess", report=False):
         lq = preprocess(frames, plan, models.device)
     with stages("encode"):
         video = pad_to_4n1(lq).permute(1, 0, 2, 3).unsqueeze(0).to(models.dtype)
         latent_frames = (video.shape[2] - 1) // TEMPORAL_FACTOR + 1
         h, w = (s // SPATIAL_FACTOR for s in video.shape[-2:])
-        noise = _noise((1, LATENT_CHANNELS, latent_frames, h, w), generator, models.dtype)
+        shape = (1, LATENT_CHANNELS, latent_frames, h, w)
+        noise = window_noise(options.seed, "posterior", first_frame, shape, models.dtype, models.device)
         cond = sampling.to_dit_latent(vae_encode(models.vae, video, noise, plan.tiling, models.map_tiles), models.scaling_factor)
     with stages("dit"):
         text_neg = None if models.text_neg_emb is None else models.text_neg_emb.to(models.device)
         x_0 = sampling.sample(
             models.dit,
-            _noise(tuple(cond.shape), generator, models.dtype),
+            window_noise(options.seed, "x_T", first_frame, tuple(cond.shape), models.dtype, models.device),
             sampling.condition(cond),
             models.text_emb.to(models.device),
             text_neg,
@@ -301,15 +302,14 @@ def restore_frames(
 ) -> Iterator[np.ndarray]:
     """Restore a stream of uint8 ``[n, H, W, 3]`` chunks; yields uint8 ``[m, h, w, 3]`` chunks in order.
 
-    Deterministic: one ``torch.Generator`` seeded with ``options.seed`` draws every noise in order.
+    Deterministic: each window's noise depends only on ``options.seed`` and the window's first frame.
     """
-    generator = torch.Generator(device=models.device).manual_seed(options.seed)
     fade = Crossfade(plan.overlap)
     for index, (start, frames) in enumerate(iter_windows(chunks, plan.window, plan.overlap), 1):
         if should_cancel is not None and should_cancel():
             raise Cancelled(f"cancelled before window {index} of {max(plan.windows, index)}")
         stages.window = index
-        ready = fade.push(start, restore_window(frames, models, options, plan, generator, stages))
+        ready = fade.push(start, restore_window(frames, models, options, plan, start, stages))
         if len(ready):
             yield geometry.to_uint8_hwc(ready).numpy()
     rest = fade.finish()
