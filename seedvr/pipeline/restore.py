@@ -143,11 +143,16 @@ class Plan:
 
 
 def memory_budget(device: torch.device | str) -> int:
-    """Bytes a window may use: a fraction of the free CUDA memory, or a fixed CPU budget."""
+    """Bytes a window may use: a fraction of the free CUDA memory, or a fixed CPU budget.
+
+    Memory PyTorch keeps cached from an earlier job (reserved but not allocated) counts as free: the
+    driver reports it as used, and the same request must get the same plan on a fresh or a used worker.
+    """
     device = torch.device(device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free * MEMORY_FRACTION)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int((free + cached) * MEMORY_FRACTION)
     return CPU_BUDGET_BYTES
 
 
