@@ -24,6 +24,7 @@ from seedvr import media
 from . import geometry, sampling
 from .colorfix import COLOR_FIXES, color_fix
 from .noise import window_noise
+from .prefetch import BackgroundWriter, prefetch, to_device
 from .temporal import Crossfade, check_window, default_overlap, floor_4n1, iter_windows, pad_to_4n1, plan_windows
 from .tiling import SPATIAL_FACTOR, TileMap, Tiling, in_order, vae_decode, vae_encode
 
@@ -42,6 +43,9 @@ CPU_BUDGET_BYTES = 4 << 30  # a conservative budget on CPU, where free memory sa
 MIN_WINDOW, MAX_WINDOW = 5, 101
 AUTO_TILE = 512
 READ_CHUNK = 8  # frames decoded at a time
+# Decode the next window and encode the previous one in background threads while the models work
+# (prefetch.py); False runs the stages one after the other in one thread, with the same output.
+PIPELINED = True
 
 
 @dataclass
@@ -224,12 +228,21 @@ class Stages:
     def __call__(self, stage: str, report: bool = True):
         if report:
             self.report(stage)
+        with self.host(stage):
+            try:
+                yield
+            finally:
+                if torch.device(self.device).type == "cuda":
+                    torch.cuda.synchronize(self.device)
+
+    @contextmanager
+    def host(self, stage: str):
+        """Time host-only work (decoding, encoding), which may run in a background thread: no CUDA
+        synchronisation, which would wait for the models' work. Each stage is timed by one thread."""
         start = time.perf_counter()
         try:
             yield
         finally:
-            if torch.device(self.device).type == "cuda":
-                torch.cuda.synchronize(self.device)
             self.timings[stage] += time.perf_counter() - start
 
 
@@ -240,7 +253,7 @@ def preprocess(frames: np.ndarray, plan: Plan, device: torch.device | str) -> to
     """
     resized = []
     for frame in frames:
-        x = torch.from_numpy(np.ascontiguousarray(frame)).to(device).permute(2, 0, 1).unsqueeze(0)
+        x = to_device(frame, device).permute(2, 0, 1).unsqueeze(0)
         resized.append(geometry.resize(geometry.to_unit_float(x), plan.size))
     return geometry.to_model_range(geometry.pad_to_grid(torch.cat(resized), plan.pads))
 
@@ -290,7 +303,7 @@ def _timed(chunks: Iterable[np.ndarray], stages: Stages, stage: str) -> Iterator
     """Count the time spent producing each chunk (decoding the input) as ``stage``."""
     iterator = iter(chunks)
     while True:
-        with stages(stage, report=False):
+        with stages.host(stage):
             chunk = next(iterator, None)
         if chunk is None:
             return
@@ -347,11 +360,16 @@ def _write_image(restored: Iterator[np.ndarray], dst: Path, fmt: str, stages: St
 
 
 def _write_video(restored: Iterator[np.ndarray], writer, stages: Stages) -> int:
-    """Write restored chunks as they come; the writer's context closes the file (and muxes audio)."""
-    with writer:
+    """Encode restored chunks as they come, behind the models (one window may wait); the writer's
+    context then closes the file (and muxes audio). ``frames_done`` counts frames handed to the encoder."""
+
+    def encode(chunk: np.ndarray) -> None:
+        with stages.host("write"):
+            writer.write(chunk)
+
+    with writer, BackgroundWriter(encode, 1 if PIPELINED else 0, "seedvr-encode") as encoder:
         for chunk in restored:
-            with stages("write", report=False):
-                writer.write(chunk)
+            encoder.put(chunk)
             stages.frames_done += len(chunk)
             stages.report("write")
     return stages.frames_done
@@ -394,16 +412,19 @@ def restore_file(
             restored = restore_frames([media.read_image(src)[None]], models, options, plan, stages, should_cancel)
             frames = _write_image(restored, dst, output_format or "png", stages) if write else _drop(restored)
         else:
-            chunks = _timed(media.iter_video(src, READ_CHUNK), stages, "decode")
-            restored = restore_frames(chunks, models, options, plan, stages, should_cancel)
-            if write:
-                audio_from = src if keep_audio and info.has_audio else None
-                writer = media.VideoWriter(
-                    dst, plan.size[1], plan.size[0], out_fps, fmt=output_format or "mp4", crf=crf, audio_from=audio_from
-                )
-                frames = _write_video(restored, writer, stages)
-            else:
-                frames = _drop(restored)
+            ahead = -(-plan.window // READ_CHUNK) if PIPELINED else 0  # chunks of one window
+            decoded = _timed(media.iter_video(src, READ_CHUNK), stages, "decode")
+            with prefetch(decoded, ahead, "seedvr-decode") as chunks:
+                restored = restore_frames(chunks, models, options, plan, stages, should_cancel)
+                if write:
+                    audio_from = src if keep_audio and info.has_audio else None
+                    writer = media.VideoWriter(
+                        dst, plan.size[1], plan.size[0], out_fps, fmt=output_format or "mp4", crf=crf,
+                        audio_from=audio_from,
+                    )
+                    frames = _write_video(restored, writer, stages)
+                else:
+                    frames = _drop(restored)
     except BaseException:
         if write:
             dst.unlink(missing_ok=True)
