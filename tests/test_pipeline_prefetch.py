@@ -146,6 +146,7 @@ def test_prefetch_stays_bounded_and_closes_its_source_when_left_early():
                 made.append(i)
                 yield i
         finally:
+            time.sleep(0.2)  # a slow clean-up (closing a container): the caller must wait for it
             closed.set()
 
     with prefetch(numbers(), 2, "seedvr-test") as items:
