@@ -23,6 +23,7 @@ from seedvr import media
 
 from . import geometry, sampling
 from .colorfix import COLOR_FIXES, color_fix
+from .faults import retry_transient
 from .noise import window_noise
 from .prefetch import BackgroundWriter, prefetch, to_device
 from .temporal import Crossfade, check_window, default_overlap, floor_4n1, iter_windows, pad_to_4n1, plan_windows
@@ -107,6 +108,7 @@ class Progress:
     windows: int
     frames_done: int
     frames_total: int
+    window_pixels: int = 0  # padded output pixels times frames of a full window: its work, for a watchdog
 
 
 class Cancelled(Exception):
@@ -144,6 +146,11 @@ class Plan:
     @property
     def windows(self) -> int:
         return len(plan_windows(max(self.frames, 1), self.window, self.overlap))
+
+    @property
+    def window_pixels(self) -> int:
+        height, width = self.padded_size
+        return self.window * height * width
 
 
 def memory_budget(device: torch.device | str) -> int:
@@ -215,6 +222,7 @@ class Stages:
     windows: int
     frames_total: int
     progress: Callable[[Progress], None] | None = None
+    window_pixels: int = 0
     window: int = 0
     frames_done: int = 0
     timings: dict[str, float] = field(default_factory=lambda: defaultdict(float))
@@ -222,7 +230,7 @@ class Stages:
     def report(self, stage: str) -> None:
         if self.progress is not None:
             windows, total = max(self.windows, self.window), max(self.frames_total, self.frames_done)
-            self.progress(Progress(stage, self.window, windows, self.frames_done, total))
+            self.progress(Progress(stage, self.window, windows, self.frames_done, total, self.window_pixels))
 
     @contextmanager
     def __call__(self, stage: str, report: bool = True):
@@ -258,6 +266,7 @@ def preprocess(frames: np.ndarray, plan: Plan, device: torch.device | str) -> to
     return geometry.to_model_range(geometry.pad_to_grid(torch.cat(resized), plan.pads))
 
 
+@retry_transient
 @torch.inference_mode()
 def restore_window(
     frames: np.ndarray,
@@ -405,7 +414,7 @@ def restore_file(
     info = media.probe(src)
     kind = _resolve_kind(info.kind, media_type)
     plan = make_plan(info.height, info.width, 1 if kind == "image" else info.frames, models, options)
-    stages = Stages(models.device, plan.windows, plan.frames, progress)
+    stages = Stages(models.device, plan.windows, plan.frames, progress, plan.window_pixels)
     out_fps = None if kind == "image" else _frame_rate(fps) if fps else info.fps
     try:
         if kind == "image":

@@ -36,6 +36,7 @@ from .progress import ProgressReporter, Sender, default_sender
 from .ranks import GroupConfig, RankFailure, RankGroup
 from .schema import IMAGE_FORMATS, VIDEO_FORMATS, HealthRequest, InitializeRequest, RestoreRequest, parse_request
 from .settings import BucketConfig, WorkerSettings
+from .watchdog import Stalled, Watchdog, run_watched
 
 log = logging.getLogger("seedvr.worker")
 
@@ -68,6 +69,7 @@ class Worker:
         self.sender = sender or default_sender()
         self._gpu = threading.Lock()
         self.group: RankGroup | None = None  # the resident model when sp_size > 1
+        self._stuck: threading.Thread | None = None  # a stalled job's thread that never returned
 
     @classmethod
     def from_env(cls) -> "Worker":
@@ -96,7 +98,7 @@ class Worker:
             with self._gpu:
                 if isinstance(request, InitializeRequest):
                     return self.initialize(request)
-                return self.restore(job, request, cancel)
+                return self._restore_watched(job, request, cancel)
         except Exception as exc:  # noqa: BLE001 - the contract: one string error, never a traceback
             error = classify_failure(_known_failure(exc), job_id)
             if error.refresh_worker or error.code is ErrorCode.CANCELLED:
@@ -142,7 +144,31 @@ class Worker:
             "load_seconds": round(seconds, 3),
         }
 
-    def restore(self, job: dict[str, Any], request: RestoreRequest, cancel: threading.Event) -> dict[str, Any]:
+    def _restore_watched(self, job: dict[str, Any], request: RestoreRequest, cancel: threading.Event) -> dict[str, Any]:
+        """`restore` in a thread of its own, under the watchdog (watchdog.py). A stall kills the ranks and
+        ends the job with refresh_worker; while its thread is stuck, this worker takes no other job."""
+        if self._stuck is not None and self._stuck.is_alive():
+            raise WorkerError(
+                ErrorCode.INTERNAL, "A stalled job still holds this worker; it is being replaced", refresh_worker=True
+            )
+        watchdog = Watchdog(self.settings.watchdog, self.manager.device.type)
+
+        def stop() -> None:
+            cancel.set()
+            group, self.group = self.group, None
+            if group is not None:
+                group.stop(graceful=False)
+
+        try:
+            return run_watched(partial(self.restore, job, request, cancel, watchdog), watchdog, stop)
+        except Stalled as stall:
+            self._stuck = stall.thread if stall.thread.is_alive() else None
+            log.error("job %s: %s", job.get("id"), stall.message)
+            raise WorkerError(ErrorCode.INTERNAL, stall.message, refresh_worker=True) from None
+
+    def restore(
+        self, job: dict[str, Any], request: RestoreRequest, cancel: threading.Event, watchdog: Watchdog
+    ) -> dict[str, Any]:
         start = time.perf_counter()
         options = self._options(request)
         spec = self._restore_spec(request)
@@ -171,9 +197,10 @@ class Worker:
                 keep_audio=request.keep_audio,
                 output_format=fmt,
                 crf=request.crf,
-                progress=progress,
+                progress=watchdog.arm(progress),
                 should_cancel=cancel.is_set,
             )
+            watchdog.disarm()
             progress.close()
             answer = self._answer(request, spec, result, timings)
             step = time.perf_counter()

@@ -52,6 +52,21 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class StallLimits:
+    """The watchdog's stall limit: max(min_seconds, margin x the expected window time); watchdog.py."""
+
+    margin: float = 4.0
+    min_seconds: float = 120.0
+
+    @classmethod
+    def from_env(cls) -> "StallLimits":
+        return cls(
+            margin=env_number("WATCHDOG_MARGIN", cls.margin),
+            min_seconds=env_number("WATCHDOG_MIN_SECONDS", cls.min_seconds),
+        )
+
+
+@dataclass(frozen=True)
 class BucketConfig:
     """An S3-compatible bucket: from the job's `s3Config` or from the BUCKET_* variables."""
 
@@ -95,6 +110,7 @@ class WorkerSettings:
     url_expiry_seconds: int = 7 * 24 * 3600
     progress_interval: float = 3.0
     allow_private_urls: bool = False
+    watchdog: StallLimits = field(default_factory=StallLimits)
 
     @classmethod
     def from_env(cls) -> "WorkerSettings":
@@ -104,4 +120,5 @@ class WorkerSettings:
             url_expiry_seconds=env_number("BUCKET_URL_EXPIRY", cls.url_expiry_seconds),
             progress_interval=env_number("PROGRESS_INTERVAL", cls.progress_interval),
             allow_private_urls=_env_flag("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS"),
+            watchdog=StallLimits.from_env(),
         )
