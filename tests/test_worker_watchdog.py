@@ -13,6 +13,7 @@ import pytest
 
 from mediagen import make_video
 from tiny import write_tiny_setup
+from test_worker_parallel import alive
 from worker_helpers import Updates, b64
 
 from seedvr.manager import ManagerConfig, ModelManager
@@ -141,14 +142,7 @@ def test_a_deadlocked_rank_group_is_killed(manager, setup, monkeypatch):
         answer = restore(worker, setup)
         assert answer["error_code"] == "INTERNAL" and answer["refresh_worker"] is True, answer
         assert "Processing stalled" in answer["error"] and "of window 1 of 2" in answer["error"]
-        assert worker.group is None and not any(_alive(pid) for pid in pids)
+        assert worker.group is None and not any(alive(pid) for pid in pids)
     finally:
         worker.stop_ranks()
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
