@@ -64,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
             result = restore.restore_file(src, Path(tmp) / "out.mp4", models, options, keep_audio=False)
             walls[pipelined].append(time.perf_counter() - start)
             stages = {k: round(v, 2) for k, v in result.timings.items() if k != "total"}
+            total = sum(stages.values())
             print(f"{'pipelined ' if pipelined else 'one thread'}  wall {walls[pipelined][-1]:.2f} s  "
-                  f"sum of stages {sum(stages.values()):.2f} s  {stages}", flush=True)
+                  f"sum of stages {total:.2f} s  wall/sum {walls[pipelined][-1] / total:.2f}  {stages}", flush=True)
     serial, pipelined = statistics.median(walls[False]), statistics.median(walls[True])
     print(f"median wall: one thread {serial:.2f} s, pipelined {pipelined:.2f} s, ratio {pipelined / serial:.2f}")
     return 0

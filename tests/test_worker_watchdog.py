@@ -56,7 +56,7 @@ def test_the_stall_limit_follows_the_plan_then_the_measured_windows():
     assert dog.stalled() is None
     clock.now += 1
     message = dog.stalled()
-    assert "no progress for 241 s in stage encode of window 2 of 3 (stall limit 240 s" in message
+    assert "no progress for 241 s after stage encode of window 2 of 3 started (stall limit 240 s" in message
     assert Watchdog(StallLimits(margin=4, min_seconds=30), "cuda", clock).stalled() is None  # not armed
     dog.disarm()
     assert dog.stalled() is None
@@ -100,7 +100,7 @@ def test_a_stuck_call_ends_the_job_and_the_worker_asks_to_be_replaced(manager, s
         assert entered.is_set()
         assert answer["error_code"] == "INTERNAL" and answer["refresh_worker"] is True, answer
         assert "Processing stalled: no progress for" in answer["error"]
-        assert "in stage dit of window 1 of 2" in answer["error"]
+        assert "after stage dit of window 1 of 2 started" in answer["error"]
         refused = restore(worker, setup)  # the stuck thread still holds the models
         assert refused["refresh_worker"] is True and "stalled job still holds this worker" in refused["error"]
     finally:

@@ -95,7 +95,7 @@ class Watchdog:
         if idle <= limit:
             return None
         where = "before the first window" if last is None else (
-            f"in stage {last.stage} of window {last.window} of {last.windows}"
+            f"after stage {last.stage} of window {last.window} of {last.windows} started"
         )
         return (
             f"Processing stalled: no progress for {idle:.0f} s {where} (stall limit {limit:.0f} s: "
