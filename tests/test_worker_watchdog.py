@@ -94,7 +94,10 @@ def test_a_stuck_call_ends_the_job_and_the_worker_asks_to_be_replaced(manager, s
         return sample(*args, **kwargs)
 
     monkeypatch.setattr(sampling, "sample", stuck)
-    worker = make_worker(manager, margin=1, min_seconds=6)
+    # The limit itself is tested above; here a short one once the call is stuck, and none before it
+    # (a loaded test machine must not trip it early).
+    monkeypatch.setattr(Watchdog, "limit", lambda self: 2.0 if entered.is_set() else 3600.0)
+    worker = make_worker(manager)
     try:
         answer = restore(worker, setup)
         assert entered.is_set()
@@ -106,7 +109,7 @@ def test_a_stuck_call_ends_the_job_and_the_worker_asks_to_be_replaced(manager, s
     finally:
         release.set()
     worker._stuck.join(120)
-    monkeypatch.setattr(sampling, "sample", sample)
+    monkeypatch.undo()  # the real sampler and stall limit
     assert restore(worker, setup)["success"] is True  # the thread came back: the worker serves again
 
 
@@ -134,11 +137,19 @@ def test_a_deadlocked_rank_group_is_killed(manager, setup, monkeypatch):
     monkeypatch.setenv("SEEDVR_CPU_SP_MAX", "2")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # inherited by the rank processes
     monkeypatch.setattr(watchdog_module, "POLL", 0.1)
-    worker = make_worker(manager, margin=1, min_seconds=8)
+    frozen = threading.Event()
+    monkeypatch.setattr(Watchdog, "limit", lambda self: 2.0 if frozen.is_set() else 3600.0)
+    worker = make_worker(manager)
     try:
         assert worker.run({"input": {"action": "initialize", "sp_size": 2}})["ready"] is True
         pids = worker.group.pids
-        worker.sender.on_update = lambda update: os.kill(pids[1], signal.SIGSTOP) if update["window"] == 1 else None
+
+        def freeze(update: dict) -> None:
+            if update["window"] == 1 and not frozen.is_set():
+                os.kill(pids[1], signal.SIGSTOP)
+                frozen.set()
+
+        worker.sender.on_update = freeze
         answer = restore(worker, setup)
         assert answer["error_code"] == "INTERNAL" and answer["refresh_worker"] is True, answer
         assert "Processing stalled" in answer["error"] and "of window 1 of 2" in answer["error"]
