@@ -226,7 +226,7 @@ def test_bad_inputs_fail_with_one_string_and_the_worker_keeps_serving(env):
         ({"media": base64.b64encode(bytes(300_000)).decode()}, "over the input limit MAX_INPUT_BYTES=200,000"),
         ({"media": b64(files["long"]), **SMALL}, "input has 13 frames, over MAX_FRAMES=12"),
         ({"media": video, "res_h": 512, "res_w": 512}, "over MAX_OUTPUT_PIXELS=65,536"),
-        ({"media_url": f"http://127.0.0.1:{closed_port}/clip.mp4"}, "media_url download failed: ConnectionError"),
+        ({"media_url": f"http://127.0.0.1:{closed_port}/clip.mp4"}, "media_url download failed: could not connect"),
         ({"media_url": env["files_url"] + "/missing.mp4"}, "media_url download failed: HTTP 404"),
         ({"media_url": "gopher://example.com/clip"}, "media_url must be an http or https URL"),
         ({"media": video, "output_format": "webp", **SMALL}, "output_format webp does not fit a video"),

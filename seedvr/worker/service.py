@@ -26,7 +26,7 @@ import torch
 import seedvr
 from seedvr.checkpoints import CheckpointError
 from seedvr.manager import ManagerConfig, ModelManager, ModelNotReady, ModelSpec
-from seedvr.media import MediaError, MediaInfo, probe
+from seedvr.media import MediaError, MediaInfo, MediaTooLarge, probe
 from seedvr.pipeline import Cancelled, RestoreOptions, RestoreResult, restore_file
 from seedvr.pipeline.geometry import output_size
 
@@ -34,7 +34,7 @@ from . import media_in, media_out
 from .errors import ErrorCode, WorkerError, classify_failure, error_response
 from .progress import ProgressReporter, Sender, default_sender
 from .ranks import GroupConfig, RankFailure, RankGroup
-from .schema import IMAGE_FORMATS, VIDEO_FORMATS, HealthRequest, InitializeRequest, RestoreRequest, parse_request
+from .schema import FORMATS_BY_KIND, HealthRequest, InitializeRequest, RestoreRequest, parse_request
 from .settings import BucketConfig, WorkerSettings
 
 log = logging.getLogger("seedvr.worker")
@@ -42,7 +42,6 @@ log = logging.getLogger("seedvr.worker")
 DEFAULT_FORMATS = {"video": "mp4", "image": "png"}
 CPU_SP_MAX_ENV = "SEEDVR_CPU_SP_MAX"  # sequence-parallel ranks allowed without CUDA (gloo; tests)
 A_KIND = {"video": "a video", "image": "an image"}
-FORMATS_BY_KIND = {"video": VIDEO_FORMATS, "image": IMAGE_FORMATS}
 
 
 def gpu_info() -> dict[str, Any]:
@@ -120,8 +119,9 @@ class Worker:
             "status": "healthy",
             "model_initialized": loaded,
             "model_type": resident.model_type if resident else None,
-            "model_variant": resident.variant if resident else None,
-            "sp_size": resident.sp_size if resident else None,
+            # before any load: what a restore without model fields would use (the contract's defaults)
+            "model_variant": resident.variant if resident else self.manager.config.default_variant,
+            "sp_size": resident.sp_size if resident else 1,
             **gpu_info(),
             "checkpoints": self.manager.checkpoint_status(),
             "version": seedvr.__version__,
@@ -148,8 +148,11 @@ class Worker:
         spec = self._restore_spec(request)
         self.manager.check_files(spec)
         bucket = self._bucket(job)
-        if request.output_mode == "upload" and (problem := media_out.bucket_problem(bucket)):
+        problem = media_out.bucket_problem(bucket)
+        if request.output_mode == "upload" and problem:
             raise WorkerError(ErrorCode.INVALID_INPUT, f"output_mode upload needs a bucket: {problem}")
+        if request.output_mode != "inline" and bucket is not None and not problem:
+            media_out.check_bucket(bucket)  # a bucket that would refuse the output refuses the job now
         workdir = Path(tempfile.mkdtemp(prefix=f"seedvr-{_safe_name(job.get('id', 'local'))}-"))
         progress = ProgressReporter(job, self.sender, self.settings.progress_interval)
         try:
@@ -274,15 +277,21 @@ class Worker:
 
     def _check_input(self, source: Path, request: RestoreRequest) -> MediaInfo:
         """Everything that can be refused from the file's header is refused here, before the model runs."""
+        limits = self.settings.limits
         try:
-            info = probe(source)
+            info = probe(source, max_pixels=limits.max_input_pixels)
+        except MediaTooLarge as err:
+            raise WorkerError(
+                ErrorCode.TOO_LARGE,
+                f"input is {err.width}x{err.height} = {err.width * err.height:,} pixels per frame, "
+                f"over MAX_INPUT_PIXELS={err.limit:,}",
+            ) from None
         except MediaError as err:
             raise WorkerError(ErrorCode.UNSUPPORTED_MEDIA, f"Unsupported media: {err}") from None
         if request.media_type != "auto" and info.kind != request.media_type:
             raise WorkerError(
                 ErrorCode.UNSUPPORTED_MEDIA, f"media_type is {request.media_type} but the input is {A_KIND[info.kind]}"
             )
-        limits = self.settings.limits
         if info.frames > limits.max_frames:
             raise WorkerError(
                 ErrorCode.TOO_LARGE, f"input has {info.frames:,} frames, over MAX_FRAMES={limits.max_frames:,}"
@@ -293,6 +302,12 @@ class Worker:
                 ErrorCode.TOO_LARGE,
                 f"output would be {width}x{height} = {height * width:,} pixels per frame, "
                 f"over MAX_OUTPUT_PIXELS={limits.max_output_pixels:,}",
+            )
+        if max(height, width) > limits.max_output_side:
+            raise WorkerError(
+                ErrorCode.TOO_LARGE,
+                f"output would be {width}x{height} (the input's {info.width}x{info.height} aspect ratio), "
+                f"a side over MAX_OUTPUT_SIDE={limits.max_output_side:,}",
             )
         allowed = FORMATS_BY_KIND[info.kind]
         if request.output_format is not None and request.output_format not in allowed:

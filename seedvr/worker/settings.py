@@ -39,6 +39,10 @@ class Limits:
     max_output_pixels: int = 4096 * 4096
     download_timeout: int = 300
     inline_max_bytes: int = 8 * MB
+    # Hostile input: a picture's pixels are read from its header before anything is decoded (a small file can
+    # hold a huge picture), and no output side may exceed this (a 4x3000 input would give 34x26290).
+    max_input_pixels: int = 8192 * 8192
+    max_output_side: int = 8192
 
     @classmethod
     def from_env(cls) -> "Limits":
@@ -48,6 +52,8 @@ class Limits:
             max_output_pixels=env_number("MAX_OUTPUT_PIXELS", cls.max_output_pixels),
             download_timeout=env_number("DOWNLOAD_TIMEOUT", cls.download_timeout),
             inline_max_bytes=env_number("INLINE_MAX_BYTES", cls.inline_max_bytes),
+            max_input_pixels=env_number("MAX_INPUT_PIXELS", cls.max_input_pixels),
+            max_output_side=env_number("MAX_OUTPUT_SIDE", cls.max_output_side),
         )
 
 
