@@ -67,6 +67,10 @@ class DownloadError(RuntimeError):
     """A hub download failed or delivered something other than what the hub announced."""
 
 
+class HubUnreachable(DownloadError):
+    """The hub did not answer for a file (no network, no access, no such file)."""
+
+
 def default_ckpt_dir() -> Path:
     return Path(os.environ.get("SEEDVR_CKPT_DIR") or DEFAULT_CKPT_DIR)
 
@@ -325,7 +329,7 @@ def _fetch(file: HubFile, dest: Path, endpoint: str | None, progress: bool) -> P
     try:
         meta = get_hf_file_metadata(url, endpoint=endpoint, retry_on_errors=True)
     except Exception as err:  # not found, unauthorised, no network: all end the run the same way
-        raise DownloadError(f"{file.describe()}: cannot read its metadata at {url}: {err}") from err
+        raise HubUnreachable(f"{file.describe()}: cannot read its metadata at {url}: {err}") from err
     if meta.size is None or meta.etag is None:
         raise DownloadError(f"{file.describe()}: the hub announced no size or ETag ({url})")
     target = dest / file.filename
@@ -360,4 +364,14 @@ def download(
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    return [_fetch(f, dest, endpoint, progress) for f in hub_files(models, revision)]
+    # huggingface_hub prints its retry warnings with its own handler and again through the root logger
+    # once an application has configured one: keep only the root's.
+    logging.getLogger("huggingface_hub").handlers.clear()
+    files = hub_files(models, revision)
+    try:
+        return [_fetch(f, dest, endpoint, progress) for f in files]
+    except HubUnreachable as err:
+        raise HubUnreachable(
+            f"{err}\nWhat to do: check the network and access to the hub (HF_ENDPOINT, HF_TOKEN), or copy "
+            f"{', '.join(f.filename for f in files)} into {dest} by hand (SEEDVR_CKPT_DIR names that folder)"
+        ) from err.__cause__

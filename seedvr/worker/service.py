@@ -9,6 +9,7 @@ GPU work to one job at a time, including a cancelled job's thread that is still 
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
 import os
@@ -371,6 +372,8 @@ class Worker:
 
 def _known_failure(exc: Exception) -> Exception:
     """Map the lower floors' exceptions onto the contract's codes; others stay as they are."""
+    if _disk_full(exc):  # the worker's fault, not the media's; the message must not show the job's paths
+        return WorkerError(ErrorCode.INTERNAL, "Processing failed: no space left on the worker's disk")
     if isinstance(exc, ModelNotReady):
         return WorkerError(ErrorCode.MODEL_NOT_READY, str(exc))
     if isinstance(exc, Cancelled):
@@ -384,5 +387,15 @@ def _known_failure(exc: Exception) -> Exception:
     return exc
 
 
+def _disk_full(exc: BaseException | None) -> bool:
+    """ENOSPC anywhere in the chain (media code wraps OSErrors in MediaError)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        exc = exc.__cause__
+    return False
+
+
 def _safe_name(job_id: Any) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", str(job_id))[:80] or "job"
+    """A job id as one harmless path component and bucket key segment: no separators, no dots (no `..`)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", str(job_id))[:80] or "job"
