@@ -101,21 +101,21 @@ def _refused(err: SSRFError) -> WorkerError:
     return WorkerError(ErrorCode.DOWNLOAD_FAILED, f"media_url refused: {redact(text)}")
 
 
-def _failed(err: requests.RequestException, where: str, written: int, socket_timeout: float) -> WorkerError:
+def _failed(err: requests.RequestException, where: str, connected: bool, socket_timeout: float) -> WorkerError:
     """A transport failure in words, without the exception's text (requests quotes the URL's path and query).
     `where` is the host asked; a redirect may have led elsewhere, which the exception's request knows."""
     if err.request is not None and err.request.url:
         where = redact_url(err.request.url)
-    if isinstance(err, requests.ConnectTimeout):
-        reason = f"could not connect to {where} within {socket_timeout:g} s"
-    elif isinstance(err, requests.ReadTimeout):
-        reason = f"{where} sent nothing for {socket_timeout:g} s"
-    elif isinstance(err, requests.ConnectionError) and not written:
-        reason = f"could not connect to {where}"
-    elif isinstance(err, requests.exceptions.SSLError):
+    if isinstance(err, requests.exceptions.SSLError):
         reason = f"TLS handshake with {where} failed"
+    elif isinstance(err, requests.ConnectTimeout):
+        reason = f"could not connect to {where} within {socket_timeout:g} s"
+    elif isinstance(err, requests.ReadTimeout) or (connected and "timed out" in str(err)):
+        reason = f"{where} sent nothing for {socket_timeout:g} s"
+    elif isinstance(err, requests.ConnectionError) and not connected:
+        reason = f"could not connect to {where}"
     else:
-        reason = f"the connection to {where} broke off after {written:,} bytes"
+        reason = f"the connection to {where} broke off before the end of the file"
     return WorkerError(ErrorCode.DOWNLOAD_FAILED, f"media_url download failed: {reason}")
 
 
@@ -145,7 +145,7 @@ class _Transfer:
         except SSRFError as err:
             self.error = _refused(err)
         except requests.RequestException as err:
-            self.error = _failed(err, self.where, self.written, self.socket_timeout)
+            self.error = _failed(err, self.where, self._response is not None, self.socket_timeout)
         except Exception as err:  # noqa: BLE001 - a thread's failure must reach the job, not the thread's stderr
             self.error = WorkerError(ErrorCode.DOWNLOAD_FAILED, f"media_url download failed: {redact(str(err))}")
 
