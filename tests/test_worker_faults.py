@@ -243,6 +243,18 @@ def test_a_bucket_that_fails_is_refused_before_the_pipeline(worker, setup):
     assert_serves(worker, setup)
 
 
+def test_a_broken_endpoint_bucket_refuses_uploads_early_but_not_inline_outputs(manager, setup, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    broken = BucketConfig(f"http://127.0.0.1:{free_port()}", "key", "secret", "outputs")
+    updates = Updates()
+    endpoint = Worker(manager, WorkerSettings(limits=LIMITS, bucket=broken), sender=updates)
+    endpoint.jobs_dir = tmp_path
+    refused = run(endpoint, image_job(setup, output_mode="upload"))
+    assert refused["error_code"] == "UPLOAD_FAILED" and "checked before processing" in refused["error"], refused
+    assert updates.sent == []
+    assert run(endpoint, image_job(setup)).get("success") is True  # auto, small enough to return inline
+
+
 def _s3(env: dict[str, str]) -> dict[str, str]:
     return {
         "endpointUrl": env["BUCKET_ENDPOINT_URL"],

@@ -153,7 +153,7 @@ class Worker:
         if request.output_mode == "upload" and problem:
             raise WorkerError(ErrorCode.INVALID_INPUT, f"output_mode upload needs a bucket: {problem}")
         if request.output_mode != "inline" and bucket is not None and not problem:
-            media_out.check_bucket(bucket)  # a bucket that would refuse the output refuses the job now
+            self._check_bucket(bucket, needed=request.output_mode == "upload" or bucket is not self.settings.bucket)
         workdir = Path(tempfile.mkdtemp(prefix=f"seedvr-{_safe_name(job.get('id', 'local'))}-"))
         progress = ProgressReporter(job, self.sender, self.settings.progress_interval)
         try:
@@ -262,6 +262,17 @@ class Worker:
         if isinstance(s3_config, dict) and s3_config:
             return BucketConfig.from_job(s3_config)
         return self.settings.bucket
+
+    def _check_bucket(self, bucket: BucketConfig, needed: bool) -> None:
+        """A bucket that would refuse the output refuses the job now, before any work, when the job surely
+        uploads or the client sent the bucket itself (s3Config). The endpoint's own bucket in auto mode only
+        warns: outputs small enough to return inline still succeed while the operator fixes it."""
+        try:
+            media_out.check_bucket(bucket)
+        except WorkerError as err:
+            if needed:
+                raise
+            log.warning("the endpoint's bucket is unusable; outputs too large to return inline will fail: %s", err)
 
     def _fetch(self, request: RestoreRequest, workdir: Path) -> Path:
         limits = self.settings.limits
