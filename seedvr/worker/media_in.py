@@ -80,15 +80,16 @@ def _refuse_private_host(url: str) -> None:
         ) from None
     blocked = sorted(ip for ip in addresses if not is_safe_address(ip))
     if blocked:
-        raise _private(f"{host} resolves to {blocked[0]}")
+        raise _private(host, blocked[0])
 
 
-def _private(where: str) -> WorkerError:
+def _private(host: str, ip: str) -> WorkerError:
     """One code for a private address, given directly or reached through a redirect."""
+    where = f"{host} is" if host == ip else f"{host} resolves to {ip},"
     return WorkerError(
         ErrorCode.INVALID_INPUT,
-        f"media_url must point to a public address: {where} (private and loopback addresses are refused "
-        "unless RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS=true)",
+        f"media_url must point to a public address: {where} a private or loopback address "
+        "(refused unless RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS=true)",
     )
 
 
@@ -97,7 +98,7 @@ def _refused(err: SSRFError) -> WorkerError:
     URLs, which are redacted here."""
     text = str(err)
     if match := _NON_PUBLIC.search(text):
-        return _private(f"{match.group(1)} resolves to {match.group(2)}")
+        return _private(match.group(1), match.group(2))
     return WorkerError(ErrorCode.DOWNLOAD_FAILED, f"media_url refused: {redact(text)}")
 
 
