@@ -17,14 +17,23 @@ import sys
 import tempfile
 import time
 import weakref
-from pathlib import Path
 
 import pytest
 import torch
 
 from mediagen import make_image, make_png_bomb, make_video
 from tiny import write_tiny_setup
-from worker_helpers import ROOT, HostileServer, Updates, WorkerServer, b64, free_port, s3_server, vm_hwm_bytes
+from worker_helpers import (
+    ROOT,
+    HostileServer,
+    Updates,
+    WorkerServer,
+    b64,
+    free_port,
+    job_worker,
+    s3_server,
+    vm_hwm_bytes,
+)
 
 from seedvr import media
 from seedvr.manager import ManagerConfig, ModelManager
@@ -67,15 +76,9 @@ def manager(setup):
 
 @pytest.fixture()
 def worker(manager, tmp_path, monkeypatch):
-    """Job folders go to tmp_path/jobs (checked empty after each job); private URLs allowed (loopback servers)."""
-    jobs = tmp_path / "jobs"
-    jobs.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(jobs))
+    """Job folders checked empty after each job; private URLs allowed (the servers are on loopback)."""
     monkeypatch.setenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", "true")
-    updates = Updates()
-    worker = Worker(manager, WorkerSettings(limits=LIMITS, allow_private_urls=True), sender=updates)
-    worker.updates, worker.jobs_dir = updates, jobs
-    return worker
+    return job_worker(manager, tmp_path, monkeypatch, WorkerSettings(limits=LIMITS, allow_private_urls=True))
 
 
 def run(worker: Worker, job_input: dict, job_id: str = "fault-job", **job) -> dict:

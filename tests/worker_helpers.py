@@ -413,3 +413,19 @@ def vm_hwm_bytes(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmHWM for process {pid}")
+
+
+def job_worker(manager, tmp_path: Path, monkeypatch, settings):
+    """A Worker whose job folders go to tmp_path/jobs (`worker.jobs_dir`, so a test can check that every job
+    removed its own) and whose progress updates are collected in `worker.updates`."""
+    import tempfile
+
+    from seedvr.worker.service import Worker
+
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(jobs))
+    updates = Updates()
+    worker = Worker(manager, settings, sender=updates)
+    worker.updates, worker.jobs_dir = updates, jobs
+    return worker

@@ -195,7 +195,8 @@ class _Transfer:
 
 def download(url: str, dest: Path, max_bytes: int, timeout: float, allow_private: bool) -> Path:
     """Stream `url` into `dest` within `max_bytes` and `timeout` seconds for the whole transfer."""
-    transfer = _Transfer(url, dest, max_bytes, min(READ_TIMEOUT, timeout), allow_private)
+    # A socket timeout past the deadline never races it: the deadline's message is the one that holds then.
+    transfer = _Transfer(url, dest, max_bytes, min(READ_TIMEOUT, timeout + ABANDON_GRACE), allow_private)
     thread = threading.Thread(target=transfer.run, name="media_url download", daemon=True)
     thread.start()
     thread.join(timeout)
