@@ -55,7 +55,7 @@ MODEL_CHOICES: dict[str, tuple[str, ...]] = {
     "7b-sharp": ("seedvr2_7b_sharp",),
     "all": ("seedvr2_3b", "seedvr2_7b", "seedvr2_7b_sharp"),
 }
-# Published sizes of the current hub revisions (docs/checkpoints.md): disk planning and download progress.
+# Published sizes of the current hub revisions (docs/checkpoints.md; the embeddings rounded): disk planning.
 FILE_BYTES: dict[str, int] = {
     "seedvr2_3b": 13_566_090_228,
     "seedvr2_7b": 32_958_774_606,
