@@ -74,8 +74,8 @@ def manager(setup):
     return ModelManager(ManagerConfig(setup["ckpt_dir"], setup["config_dir"]))
 
 
-def make_worker(manager, **limits) -> Worker:
-    settings = WorkerSettings(limits=LIMITS, progress_interval=0.0, watchdog=StallLimits(**limits))
+def make_worker(manager, cpu_sp_max: int = 1) -> Worker:
+    settings = WorkerSettings(limits=LIMITS, progress_interval=0.0, cpu_sp_max=cpu_sp_max)
     return Worker(manager, settings, sender=Updates())
 
 
@@ -134,12 +134,11 @@ def test_a_transient_cuda_error_costs_one_retry_not_the_job(manager, setup, monk
 @pytest.mark.slow
 def test_a_deadlocked_rank_group_is_killed(manager, setup, monkeypatch):
     """Rank 1 freezes (SIGSTOP) mid-job: rank 0 waits in a collective for it and no progress comes."""
-    monkeypatch.setenv("SEEDVR_CPU_SP_MAX", "2")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # inherited by the rank processes
     monkeypatch.setattr(watchdog_module, "POLL", 0.1)
     frozen = threading.Event()
     monkeypatch.setattr(Watchdog, "limit", lambda self: 2.0 if frozen.is_set() else 3600.0)
-    worker = make_worker(manager)
+    worker = make_worker(manager, cpu_sp_max=2)
     try:
         assert worker.run({"input": {"action": "initialize", "sp_size": 2}})["ready"] is True
         pids = worker.group.pids
