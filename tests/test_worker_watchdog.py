@@ -20,7 +20,7 @@ from seedvr.manager import ManagerConfig, ModelManager
 from seedvr.pipeline import Progress, sampling
 from seedvr.worker import watchdog as watchdog_module
 from seedvr.worker.service import Worker
-from seedvr.worker.settings import Limits, StallLimits, WorkerSettings
+from seedvr.worker.settings import Limits, WorkerSettings
 from seedvr.worker.watchdog import Watchdog
 
 JOB = {"res_h": 64, "res_w": 96, "batch_frames": 5, "overlap_frames": 1, "seed": 4, "crf": 0}
@@ -41,7 +41,7 @@ def event(stage: str, window: int, pixels: int = 21 * 720 * 1280) -> Progress:
 
 def test_the_stall_limit_follows_the_plan_then_the_measured_windows():
     clock = Clock()
-    dog = Watchdog(StallLimits(margin=4, min_seconds=30), "cuda", clock)
+    dog = Watchdog(4, 30, "cuda", clock)
     beat = dog.arm(lambda e: None)
     assert dog.limit() == 30  # nothing known yet: the floor
     beat(event("encode", 1))
@@ -57,7 +57,7 @@ def test_the_stall_limit_follows_the_plan_then_the_measured_windows():
     clock.now += 1
     message = dog.stalled()
     assert "no progress for 241 s after stage encode of window 2 of 3 started (stall limit 240 s" in message
-    assert Watchdog(StallLimits(margin=4, min_seconds=30), "cuda", clock).stalled() is None  # not armed
+    assert Watchdog(4, 30, "cuda", clock).stalled() is None  # not armed
     dog.disarm()
     assert dog.stalled() is None
 

@@ -164,7 +164,8 @@ class Worker:
             raise WorkerError(
                 ErrorCode.INTERNAL, "A stalled job still holds this worker; it is being replaced", refresh_worker=True
             )
-        watchdog = Watchdog(self.settings.watchdog, self.manager.device.type)
+        settings = self.settings
+        watchdog = Watchdog(settings.watchdog_margin, settings.watchdog_min_seconds, self.manager.device.type)
 
         def stop() -> None:
             cancel.set()

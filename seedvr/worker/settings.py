@@ -67,21 +67,6 @@ class Limits:
 
 
 @dataclass(frozen=True)
-class StallLimits:
-    """The watchdog's stall limit: max(min_seconds, margin x the expected window time); watchdog.py."""
-
-    margin: float = 4.0
-    min_seconds: float = 120.0
-
-    @classmethod
-    def from_env(cls) -> "StallLimits":
-        return cls(
-            margin=env_number("WATCHDOG_MARGIN", cls.margin),
-            min_seconds=env_number("WATCHDOG_MIN_SECONDS", cls.min_seconds),
-        )
-
-
-@dataclass(frozen=True)
 class BucketConfig:
     """An S3-compatible bucket: from the job's `s3Config` or from the BUCKET_* variables."""
 
@@ -125,7 +110,9 @@ class WorkerSettings:
     url_expiry_seconds: int = 7 * 24 * 3600
     progress_interval: float = 3.0
     allow_private_urls: bool = False
-    watchdog: StallLimits = field(default_factory=StallLimits)
+    # The watchdog's stall limit: max(watchdog_min_seconds, watchdog_margin x the expected window time).
+    watchdog_margin: float = 4.0
+    watchdog_min_seconds: float = 120.0
     cpu_sp_max: int = 1  # sequence-parallel ranks allowed without CUDA (gloo; tests)
     weights_wait: float = 1500.0  # how long a job waits for weights still being fetched at start
 
@@ -137,7 +124,8 @@ class WorkerSettings:
             url_expiry_seconds=env_number("BUCKET_URL_EXPIRY", cls.url_expiry_seconds),
             progress_interval=env_number("PROGRESS_INTERVAL", cls.progress_interval),
             allow_private_urls=_env_flag("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS"),
-            watchdog=StallLimits.from_env(),
+            watchdog_margin=env_number("WATCHDOG_MARGIN", cls.watchdog_margin),
+            watchdog_min_seconds=env_number("WATCHDOG_MIN_SECONDS", cls.watchdog_min_seconds),
             cpu_sp_max=env_number("SEEDVR_CPU_SP_MAX", cls.cpu_sp_max),
             weights_wait=env_number("SEEDVR_WEIGHTS_WAIT", cls.weights_wait),
         )

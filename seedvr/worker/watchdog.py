@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .settings import StallLimits
 
 Result = TypeVar("Result")
 
@@ -43,8 +42,10 @@ class Stalled(Exception):
 class Watchdog:
     """Heartbeats of one job and the stall limit they are held to; armed while the pipeline runs."""
 
-    def __init__(self, limits: StallLimits, device_type: str, clock: Callable[[], float] = time.monotonic):
-        self.limits = limits
+    def __init__(
+        self, margin: float, min_seconds: float, device_type: str, clock: Callable[[], float] = time.monotonic
+    ):
+        self.margin, self.min_seconds = margin, min_seconds
         self.rate = PRIOR_SECONDS_PER_MEGAPIXEL.get(device_type, PRIOR_SECONDS_PER_MEGAPIXEL["cpu"])
         self._clock = clock
         self._lock = threading.Lock()
@@ -84,7 +85,7 @@ class Watchdog:
         """Seconds without a heartbeat that count as a stall."""
         pixels = getattr(self._last, "window_pixels", 0)
         expected = self.slowest_window or pixels / 1e6 * self.rate
-        return max(self.limits.min_seconds, self.limits.margin * expected)
+        return max(self.min_seconds, self.margin * expected)
 
     def stalled(self) -> str | None:
         """Why the job counts as stalled, or None while it is alive (or not armed)."""
