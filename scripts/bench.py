@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 from seedvr import media  # noqa: E402
 from seedvr.checkpoints import load_text_embedding, load_weights  # noqa: E402
 from seedvr.models import build_dit, build_vae  # noqa: E402
+from seedvr.models.layers import cast_model  # noqa: E402
 from seedvr.models.nadit import NaDiTParams, model_frequencies  # noqa: E402
 from seedvr.models.windows import make_windows  # noqa: E402
 from seedvr.pipeline import RestorationModels, RestoreOptions, make_plan, restore_file  # noqa: E402
@@ -99,7 +100,7 @@ def random_init_(module: torch.nn.Module, seed: int) -> None:
 
 def _materialize(module: torch.nn.Module, device: torch.device, dtype: torch.dtype, seed: int) -> torch.nn.Module:
     """Allocate a meta-built module directly in `dtype` on `device` (one copy) and fill it."""
-    module = module.to(dtype).to_empty(device=device)
+    module = cast_model(module, dtype).to_empty(device=device)
     random_init_(module, seed)
     for name, buf in module.named_buffers():
         if name.endswith("rope.freqs"):

@@ -24,6 +24,8 @@ from huggingface_hub.utils import tqdm as hf_tqdm
 from safetensors import safe_open
 from torch import nn
 
+from seedvr.models.layers import fp32_parameter_names, kept_dtype
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILES: dict[str, str] = {
@@ -203,12 +205,20 @@ def load_weights(
 ) -> nn.Module:
     """Fill `module` (typically built under `torch.device("meta")`) from a checkpoint file.
 
-    Parameters are cast to `dtype`; buffers keep the file's dtype (the rotary frequency tables must
-    stay fp32). Tensors are assigned, not copied, so peak memory is one copy in the target dtype.
+    Parameters are cast to `dtype`, except those the model keeps in float32 (the DiT's modulation
+    tables); buffers keep the file's dtype (the rotary frequency tables must stay fp32). Tensors are
+    assigned, not copied, so peak memory is one copy in the target dtype.
     """
     path = Path(path)
     buffers = {name for name, _ in module.named_buffers()}
-    state = _load(path, lambda key: None if key in buffers else dtype, device)
+    fp32 = fp32_parameter_names(module)
+
+    def dtype_of(key: str) -> torch.dtype | None:
+        if key in buffers or dtype is None:
+            return None
+        return kept_dtype(dtype) if key in fp32 else dtype
+
+    state = _load(path, dtype_of, device)
     _check_shapes(module, state, path)
     result = module.load_state_dict(state, strict=False, assign=True)
     problems = []
