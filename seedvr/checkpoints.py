@@ -14,15 +14,15 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import torch
-from huggingface_hub import HfFileMetadata, get_hf_file_metadata, hf_hub_url
-from huggingface_hub.file_download import http_get
-from huggingface_hub.utils import WeakFileLock, build_hf_headers
-from huggingface_hub.utils import tqdm as hf_tqdm
 from safetensors import safe_open
 from torch import nn
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfFileMetadata
 
 from seedvr.models.layers import fp32_parameter_names, kept_dtype
 
@@ -277,6 +277,8 @@ def hub_files(models: Iterable[str], revision: str = "main") -> list[HubFile]:
 
 def _silent_bar(progress: bool):
     """None keeps huggingface_hub's bar (shown on a terminal); log lines report progress otherwise."""
+    from huggingface_hub.utils import tqdm as hf_tqdm
+
     return None if progress else functools.partial(hf_tqdm, disable=True)
 
 
@@ -289,6 +291,9 @@ def _complete(target: Path, size: int) -> bool:
 
 def _transfer(file: HubFile, meta: HfFileMetadata, url: str, partial: Path, progress: bool) -> None:
     """Append the missing bytes to `partial` with a range request, then hold it to the hub's size."""
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
+
     have = partial.stat().st_size if partial.is_file() else 0
     if have > meta.size:
         partial.unlink()
@@ -331,6 +336,9 @@ def _fetch(file: HubFile, dest: Path, endpoint: str | None, progress: bool) -> P
     it per process, so a killed run would start a 33 GB file from zero; hence our own partial file,
     keyed by the hub's ETag so that a new upstream version never continues an old one.
     """
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.utils import WeakFileLock
+
     url = hf_hub_url(file.repo_id, file.filename, revision=file.revision, endpoint=endpoint)
     try:
         meta = get_hf_file_metadata(url, endpoint=endpoint, retry_on_errors=True)

@@ -105,3 +105,11 @@ class WorkerSettings:
             progress_interval=env_number("PROGRESS_INTERVAL", cls.progress_interval),
             allow_private_urls=_env_flag("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS"),
         )
+
+
+# ---------------------------------------------------------------------------------------- compilation
+
+
+def compile_requested() -> bool:
+    """SEEDVR_COMPILE=1: torch.compile the DiT and VAE blocks when a model is initialized, and warm them up."""
+    return _env_flag("SEEDVR_COMPILE")
