@@ -1,6 +1,6 @@
 """Regional torch.compile (seedvr/models/compiled.py): no graph break inside a block, dynamic window
 sizes, and outputs equal to eager. Dynamo's tracing is what these tests check; the small inductor test
-also runs the generated C++ (gcc) on one VAE resnet block."""
+also runs the generated C++ (gcc) on the group norms of one VAE resnet block."""
 
 from __future__ import annotations
 
@@ -56,18 +56,14 @@ def test_compiled_dit_block_equals_eager_over_window_sizes() -> None:
 
 
 @pytest.mark.slow  # inductor generates and compiles C++: about a minute on 2 loaded cores
-def test_inductor_vae_resnet_block_equals_eager_when_streaming() -> None:
-    """The VAE's causal cache (a dict keyed by module, filled inside the block) survives compilation."""
+def test_inductor_vae_norms_equal_eager_when_streaming() -> None:
+    """A resnet block whose group norms are compiled by inductor, run in causal chunks, equals eager."""
     torch.manual_seed(0)
     block = ResnetBlock(8, 16, 4).eval()
     x = torch.randn(1, 8, 9, 6, 10)
     with torch.no_grad():
-        whole = block(x)
-        eager_cache: dict = {}
-        eager = torch.cat([block(x[:, :, :5], eager_cache), block(x[:, :, 5:], eager_cache)], 2)
-        compile_regions(block)
+        eager = block(x)
+        assert compile_regions(block) == 2
         cache: dict = {}
         compiled = torch.cat([block(x[:, :, :5], cache), block(x[:, :, 5:], cache)], 2)
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(compiled, whole, atol=1e-5, rtol=1e-5)
-    assert cache.keys() == eager_cache.keys()
