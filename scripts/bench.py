@@ -38,9 +38,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from seedvr import media  # noqa: E402
-from seedvr.checkpoints import load_text_embedding, load_weights  # noqa: E402
 from seedvr.models import build_dit, build_vae  # noqa: E402
+from seedvr.models.layers import cast_model  # noqa: E402
 from seedvr.models.nadit import NaDiTParams, model_frequencies  # noqa: E402
 from seedvr.models.windows import make_windows  # noqa: E402
 from seedvr.pipeline import RestorationModels, RestoreOptions, make_plan, restore_file  # noqa: E402
@@ -84,12 +83,16 @@ def dit_flops(p: NaDiTParams, latent: tuple[int, int, int], txt_len: int) -> dic
 
 @torch.no_grad()
 def random_init_(module: torch.nn.Module, seed: int) -> None:
-    """Plausible random weights: matrices ~ N(0, 1/fan_in), norm/scale vectors 1, other vectors 0."""
-    gen = torch.Generator().manual_seed(seed)
+    """Plausible random weights: matrices ~ N(0, 1/fan_in), norm/scale vectors 1, other vectors 0.
+
+    Drawn on the module's device (a 7B model's 8 billion draws take minutes on a CPU, not on a GPU).
+    """
+    device = next(module.parameters()).device
+    gen = torch.Generator(device).manual_seed(seed)
     for name, param in module.named_parameters():
         if param.ndim >= 2:
             fan_in = math.prod(param.shape[1:])
-            values = torch.randn(param.shape, generator=gen) / math.sqrt(fan_in)
+            values = torch.randn(param.shape, generator=gen, device=device) / math.sqrt(fan_in)
         elif "norm" in name or name.endswith("scale") or name.endswith("weight"):
             values = torch.ones(param.shape)
         else:
@@ -99,7 +102,7 @@ def random_init_(module: torch.nn.Module, seed: int) -> None:
 
 def _materialize(module: torch.nn.Module, device: torch.device, dtype: torch.dtype, seed: int) -> torch.nn.Module:
     """Allocate a meta-built module directly in `dtype` on `device` (one copy) and fill it."""
-    module = module.to(dtype).to_empty(device=device)
+    module = cast_model(module, dtype).to_empty(device=device)
     random_init_(module, seed)
     for name, buf in module.named_buffers():
         if name.endswith("rope.freqs"):
@@ -125,6 +128,8 @@ def build_models(args: argparse.Namespace) -> tuple[RestorationModels, NaDiTPara
     with torch.device("meta"):
         dit, vae = build_dit(arch, dit_cfg), build_vae(vae_cfg)
     if weights:
+        from seedvr.checkpoints import load_weights
+
         load_weights(dit, weights["dit"], dtype, device)
         load_weights(vae, weights["vae"], dtype, device)
         dit, vae = dit.eval().requires_grad_(False), vae.eval().requires_grad_(False)
@@ -132,6 +137,8 @@ def build_models(args: argparse.Namespace) -> tuple[RestorationModels, NaDiTPara
         dit, vae = _materialize(dit, device, dtype, 1), _materialize(vae, device, dtype, 2)
     text_path = Path(args.ckpt_dir or "") / "pos_emb.pt"
     if args.ckpt_dir and text_path.exists():
+        from seedvr.checkpoints import load_text_embedding
+
         text = load_text_embedding(text_path, dtype, device)
     else:
         text = torch.randn(TEXT_TOKENS, dit.params.txt_in_dim, generator=torch.Generator().manual_seed(3)).to(device, dtype)
@@ -144,17 +151,25 @@ def dit_params(dit: torch.nn.Module) -> NaDiTParams:
     return getattr(dit, "_orig_mod", dit).params
 
 
-def write_clip(path: Path, frames: int, size: tuple[int, int], fps: Fraction) -> None:
-    """A moving colour pattern (structure at every scale, so the codecs and the VAE do real work)."""
+def pattern_frames(frames: int, size: tuple[int, int]) -> np.ndarray:
+    """uint8 [frames, h, w, 3]: a moving colour pattern (structure at every scale, so codecs and VAE do real work)."""
     w, h = size
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    with media.VideoWriter(path, w, h, fps, fmt="mp4", crf=18) as writer:
-        for i in range(frames):
-            phase = i / max(frames, 1) * 2 * math.pi
-            r = 127 + 120 * np.sin(xx / 9 + phase)
-            g = 127 + 120 * np.sin(yy / 13 - phase)
-            b = 127 + 120 * np.sin((xx + yy) / 21 + 2 * phase)
-            writer.write(np.stack([r, g, b], -1).clip(0, 255).astype(np.uint8)[None])
+    out = np.empty((frames, h, w, 3), np.uint8)
+    for i in range(frames):
+        phase = i / max(frames, 1) * 2 * math.pi
+        r = 127 + 120 * np.sin(xx / 9 + phase)
+        g = 127 + 120 * np.sin(yy / 13 - phase)
+        b = 127 + 120 * np.sin((xx + yy) / 21 + 2 * phase)
+        out[i] = np.stack([r, g, b], -1).clip(0, 255)
+    return out
+
+
+def write_clip(path: Path, frames: int, size: tuple[int, int], fps: Fraction) -> None:
+    from seedvr import media  # here: gpu_check.py imports this module on machines without PyAV
+
+    with media.VideoWriter(path, *size, fps, fmt="mp4", crf=18) as writer:
+        writer.write(pattern_frames(frames, size))
 
 
 class PeakMemory:

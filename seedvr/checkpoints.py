@@ -14,15 +14,17 @@ import os
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import torch
-from huggingface_hub import HfFileMetadata, get_hf_file_metadata, hf_hub_url
-from huggingface_hub.file_download import http_get
-from huggingface_hub.utils import WeakFileLock, build_hf_headers
-from huggingface_hub.utils import tqdm as hf_tqdm
 from safetensors import safe_open
 from torch import nn
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfFileMetadata
+
+from seedvr.models.layers import fp32_parameter_names, kept_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -241,12 +243,20 @@ def load_weights(
 ) -> nn.Module:
     """Fill `module` (typically built under `torch.device("meta")`) from a checkpoint file.
 
-    Parameters are cast to `dtype`; buffers keep the file's dtype (the rotary frequency tables must
-    stay fp32). Tensors are assigned, not copied, so peak memory is one copy in the target dtype.
+    Parameters are cast to `dtype`, except those the model keeps in float32 (the DiT's modulation
+    tables); buffers keep the file's dtype (the rotary frequency tables must stay fp32). Tensors are
+    assigned, not copied, so peak memory is one copy in the target dtype.
     """
     path = Path(path)
     buffers = {name for name, _ in module.named_buffers()}
-    state = _load(path, lambda key: None if key in buffers else dtype, device)
+    fp32 = fp32_parameter_names(module)
+
+    def dtype_of(key: str) -> torch.dtype | None:
+        if key in buffers or dtype is None:
+            return None
+        return kept_dtype(dtype) if key in fp32 else dtype
+
+    state = _load(path, dtype_of, device)
     _check_shapes(module, state, path)
     result = module.load_state_dict(state, strict=False, assign=True)
     problems = []
@@ -305,6 +315,8 @@ def hub_files(models: Iterable[str], revision: str = "main") -> list[HubFile]:
 
 def _silent_bar(progress: bool):
     """None keeps huggingface_hub's bar (shown on a terminal); log lines report progress otherwise."""
+    from huggingface_hub.utils import tqdm as hf_tqdm
+
     return None if progress else functools.partial(hf_tqdm, disable=True)
 
 
@@ -317,6 +329,9 @@ def _complete(target: Path, size: int) -> bool:
 
 def _transfer(file: HubFile, meta: HfFileMetadata, url: str, partial: Path, progress: bool) -> None:
     """Append the missing bytes to `partial` with a range request, then hold it to the hub's size."""
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
+
     have = partial.stat().st_size if partial.is_file() else 0
     if have > meta.size:
         partial.unlink()
@@ -359,6 +374,9 @@ def _fetch(file: HubFile, dest: Path, endpoint: str | None, progress: bool) -> P
     it per process, so a killed run would start a 33 GB file from zero; hence our own partial file,
     keyed by the hub's ETag so that a new upstream version never continues an old one.
     """
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.utils import WeakFileLock
+
     url = hf_hub_url(file.repo_id, file.filename, revision=file.revision, endpoint=endpoint)
     try:
         meta = get_hf_file_metadata(url, endpoint=endpoint, retry_on_errors=True)

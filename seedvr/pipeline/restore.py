@@ -19,8 +19,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from seedvr import media
-
 from . import geometry, sampling
 from .colorfix import COLOR_FIXES, color_fix
 from .faults import retry_transient
@@ -353,6 +351,8 @@ def _resolve_kind(detected: str, requested: str) -> str:
     if requested not in ("auto", "video", "image"):
         raise ValueError(f"media_type must be auto, video or image, got {requested!r}")
     if requested != "auto" and requested != detected:
+        from seedvr import media  # here, not at the top: the model-level path runs without PyAV
+
         raise media.MediaError(f"media_type is {requested!r} but the input decodes as an {detected}")
     return detected
 
@@ -366,6 +366,8 @@ def _frame_rate(fps: float | Fraction) -> Fraction:
 
 
 def _write_image(restored: Iterator[np.ndarray], dst: Path, fmt: str, stages: Stages) -> int:
+    from seedvr import media
+
     (frame,) = list(restored)
     with stages("write"):
         media.write_image(dst, frame[0], fmt)
@@ -414,6 +416,8 @@ def restore_file(
     :class:`Cancelled`) the partial ``dst`` is removed. ``write=False`` restores every window but
     drops the frames: the other ranks of a sequence-parallel group, whose main rank writes ``dst``.
     """
+    from seedvr import media
+
     started = time.perf_counter()
     src, dst = Path(src), Path(dst)
     info = media.probe(src)

@@ -21,13 +21,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 import seedvr
 from seedvr.checkpoints import CheckpointError
 from seedvr.manager import ManagerConfig, ModelManager, ModelNotReady, ModelSpec
 from seedvr.media import MediaError, MediaInfo, MediaTooLarge, probe
-from seedvr.pipeline import Cancelled, RestoreOptions, RestoreResult, restore_file
+from seedvr.models.compiled import compile_regions
+from seedvr.pipeline import Cancelled, RestoreOptions, RestoreResult, make_plan, restore_file, restore_frames
+from seedvr.pipeline.restore import Stages
 from seedvr.pipeline.geometry import output_size
 
 from . import media_in, media_out
@@ -35,7 +38,7 @@ from .errors import ErrorCode, WorkerError, classify_failure, error_response
 from .progress import ProgressReporter, Sender, default_sender
 from .ranks import GroupConfig, RankFailure, RankGroup
 from .schema import FORMATS_BY_KIND, HealthRequest, InitializeRequest, RestoreRequest, parse_request
-from .settings import BucketConfig, SettingsError, WorkerSettings
+from .settings import BucketConfig, SettingsError, WorkerSettings, compile_requested
 from .watchdog import Stalled, Watchdog, run_watched
 from .weights import Weights
 
@@ -148,6 +151,8 @@ class Worker:
             model_type, request.model_variant or self.manager.default_variant(model_type), request.sp_size or 1
         )
         seconds = self._ensure(spec)
+        if spec.sp_size == 1 and compile_requested():
+            seconds += self._compile_resident()
         return {
             "message": f"Model {spec.model_type} ({spec.variant}) initialized successfully",
             "model_type": spec.model_type,
@@ -258,6 +263,26 @@ class Worker:
             self.group.stop(graceful=False)
             self.group = None
             raise
+
+    def _compile_resident(self) -> float:
+        """Compile the resident model's blocks once and warm them up on a small clip; returns the seconds.
+
+        Compiled graphs are shape-generic (dynamic), so the warm-up's size need not match the jobs'.
+        """
+        models = self.manager.models
+        if getattr(models.dit, "seedvr_compiled", False):
+            return 0.0
+        start = time.perf_counter()
+        compile_regions(models.dit, models.vae)
+        options = RestoreOptions(res_h=128, res_w=192, batch_frames=5, vae_tile=0)
+        plan = make_plan(96, 160, 5, models, options)
+        frames = np.random.default_rng(0).integers(0, 256, (5, 96, 160, 3), dtype=np.uint8)
+        for _ in restore_frames([frames], models, options, plan, Stages(models.device, plan.windows, plan.frames)):
+            pass
+        models.dit.seedvr_compiled = True
+        seconds = time.perf_counter() - start
+        log.info("SEEDVR_COMPILE: DiT and VAE blocks compiled and warmed up in %.1f s", seconds)
+        return seconds
 
     def stop_ranks(self) -> None:
         """End the sequence-parallel rank processes, if any (their model goes with them)."""

@@ -129,3 +129,11 @@ class WorkerSettings:
             cpu_sp_max=env_number("SEEDVR_CPU_SP_MAX", cls.cpu_sp_max),
             weights_wait=env_number("SEEDVR_WEIGHTS_WAIT", cls.weights_wait),
         )
+
+
+# ---------------------------------------------------------------------------------------- compilation
+
+
+def compile_requested() -> bool:
+    """SEEDVR_COMPILE=1: torch.compile the DiT and VAE blocks when a model is initialized, and warm them up."""
+    return _env_flag("SEEDVR_COMPILE")
