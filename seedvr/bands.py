@@ -95,6 +95,7 @@ def exchange_rows(x: Tensor, owned: Sequence[Span], wanted: Sequence[Span], rank
 
     Every rank calls it with the same spans; each sends the others the rows they want from its own, so the
     messages go only between ranks that share rows (neighbours, unless a band is thinner than the halo).
+    Rows of `x` past its span are ignored.
     """
     me, (start, _) = ranks.rank, owned[ranks.rank]
     pieces: list[tuple[int, Tensor]] = []
@@ -163,7 +164,6 @@ class _Layer:
 
     factor: int
     work: str  # the work counter its output rows go to
-    padded_below: bool = False  # the downsampler's input: one zero row appended below (the frame's last)
 
 
 def _layers(vae: VideoVAE) -> dict[nn.Module, _Layer]:
@@ -175,7 +175,7 @@ def _layers(vae: VideoVAE) -> dict[nn.Module, _Layer]:
     ):
         for module in part.modules():
             if isinstance(module, Downsample):
-                layers[module.conv] = _Layer(factor, work, padded_below=True)
+                layers[module.conv] = _Layer(factor, work)
                 factor //= 2
             elif isinstance(module, Upsample):
                 factor *= 2  # its conv runs after the depth-to-space
@@ -194,9 +194,8 @@ def _conv_input(span: Span, kernel: int, stride: int, pad: int) -> Span:
 
 def _band_conv(conv: CausalConv3d, layer: _Layer, bands: Bands, x: Tensor) -> Tensor:
     """`CausalConv3d._conv_in_row_bands` for this rank's band: neighbours' rows in, zero rows only at the
-    frame's edges."""
-    if layer.padded_below:
-        x = x[..., :-1, :]  # the downsampler pads every band; only the frame's last row has a zero row below
+    frame's edges. The zero row the downsampler appends below every band is never read: the rows come
+    from the bands' owned spans, and the frame's last zero row from `pad_rows`."""
     (_, kernel, kernel_w), (_, stride, stride_w), (_, pad, pad_w) = conv.kernel_size, conv.stride, conv.padding
     owned, height = bands.spans(layer.factor), bands.rows * layer.factor
     reads = [_conv_input(span, kernel, stride, pad) for span in owned]
