@@ -1,7 +1,7 @@
 """Peak memory of one VAE encode + decode per rank, one process against N band ranks (seedvr/bands.py).
 
 Real-width VAE with random weights on the CPU (gloo, one thread per rank). Each rank reports the growth of
-its peak RSS over what it held before the VAE ran (model and inputs), i.e. the activations.
+its peak RSS over what it held before the VAE ran (model and inputs), i.e. the activations (Linux only).
 
 usage: python scripts/bands_memory.py [--ranks 2] [--size 256] [--frames 1]
 """
@@ -9,7 +9,6 @@ usage: python scripts/bands_memory.py [--ranks 2] [--size 256] [--frames 1]
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import tempfile
 from pathlib import Path
@@ -24,8 +23,16 @@ from seedvr import bands, parallel  # noqa: E402
 from seedvr.models.vae import VAEParams, VideoVAE  # noqa: E402
 
 
-def peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def status_mib(field: str) -> float:
+    """A /proc/self/status memory field (VmRSS, VmHWM) in MiB."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field))
+    return int(line.split()[1]) / 1024
+
+
+def reset_peak() -> float:
+    """Restart the peak RSS count (Linux: clear_refs 5) and return the resident MiB now."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return status_mib("VmRSS")
 
 
 def run(rank: int, size: int, store: str, args: argparse.Namespace) -> None:
@@ -42,10 +49,10 @@ def run(rank: int, size: int, store: str, args: argparse.Namespace) -> None:
     start, stop = grid.span(8)
     video = torch.rand(1, 3, args.frames, args.size, args.size)[..., start:stop, :].clone()
     noise = torch.randn(1, 16, (args.frames - 1) // 4 + 1, rows, rows)
-    before = peak_mib()
+    before = reset_peak()
     latent = bands.gather_rows(bands.encode_band(vae, video, noise, grid), grid.spans(), ranks, everywhere=True)
     bands.decode_band(vae, latent, grid)
-    print(f"{size} rank(s), rank {rank}: band {stop - start} of {args.size} rows, activations peak {peak_mib() - before:.0f} MiB")
+    print(f"{size} rank(s), rank {rank}: band {stop - start} of {args.size} rows, activations peak {status_mib('VmHWM') - before:.0f} MiB")
     if group is not None:
         dist.destroy_process_group()
 

@@ -92,13 +92,15 @@ def _overlap(x: Span, y: Span) -> Span:
 
 def exchange_rows(x: Tensor, owned: Sequence[Span], wanted: Sequence[Span], ranks: Ranks) -> Tensor:
     """Rows `wanted[rank]` (dim -2) of a tensor whose rows are split as `owned`; `x` holds `owned[rank]`.
+    Wanted rows outside the frame (before 0, from the last owned row on) are zeros.
 
     Every rank calls it with the same spans; each sends the others the rows they want from its own, so the
     messages go only between ranks that share rows (neighbours, unless a band is thinner than the halo).
-    Rows of `x` past its span are ignored.
+    Rows of `x` past its span are ignored. The result is one new tensor, or a view of `x` if it has it all.
     """
-    me, (start, _) = ranks.rank, owned[ranks.rank]
-    pieces: list[tuple[int, Tensor]] = []
+    me, (start, _), (lo, hi), height = ranks.rank, owned[ranks.rank], wanted[ranks.rank], owned[-1][1]
+    zeros = [(row, x.new_zeros(*x.shape[:-2], n, x.shape[-1])) for row, n in ((lo, -lo), (height, hi - height)) if n > 0]
+    pieces: list[tuple[int, Tensor]] = zeros if lo < hi else []
     ops = []
     for q in range(ranks.size):
         r0, r1 = _overlap(owned[q], wanted[me])
@@ -117,8 +119,8 @@ def exchange_rows(x: Tensor, owned: Sequence[Span], wanted: Sequence[Span], rank
     if ops:
         for request in dist.batch_isend_irecv(ops):
             request.wait()
-    if not pieces:
-        return x[..., :0, :]
+    if len(pieces) <= 1:
+        return pieces[0][1] if pieces else x[..., :0, :]
     return torch.cat([piece for _, piece in sorted(pieces, key=lambda p: p[0])], dim=-2)
 
 
@@ -195,19 +197,17 @@ def _conv_input(span: Span, kernel: int, stride: int, pad: int) -> Span:
 def _band_conv(conv: CausalConv3d, layer: _Layer, bands: Bands, x: Tensor) -> Tensor:
     """`CausalConv3d._conv_in_row_bands` for this rank's band: neighbours' rows in, zero rows only at the
     frame's edges. The zero row the downsampler appends below every band is never read: the rows come
-    from the bands' owned spans, and the frame's last zero row from `pad_rows`."""
+    from the bands' owned spans, and the frame's own zero row from `exchange_rows`."""
     (_, kernel, kernel_w), (_, stride, stride_w), (_, pad, pad_w) = conv.kernel_size, conv.stride, conv.padding
-    owned, height = bands.spans(layer.factor), bands.rows * layer.factor
-    reads = [_conv_input(span, kernel, stride, pad) for span in owned]
-    rows = exchange_rows(x, owned, [(max(lo, 0), min(hi, height)) for lo, hi in reads], bands.ranks)
+    owned = bands.spans(layer.factor)
+    rows = exchange_rows(x, owned, [_conv_input(span, kernel, stride, pad) for span in owned], bands.ranks)
     start, stop = owned[bands.ranks.rank]
     if start == stop:
         frames = (x.shape[2] - conv.kernel_size[0]) // conv.stride[0] + 1
         width = (x.shape[4] + 2 * pad_w - kernel_w) // stride_w + 1
         return x.new_empty(x.shape[0], conv.out_channels, frames, 0, width)
     count_work(layer.work, (stop - start) // stride)
-    lo, hi = reads[bands.ranks.rank]
-    return CausalConv3d._conv_in_row_bands(conv, rows, (max(-lo, 0), max(hi - height, 0)))
+    return CausalConv3d._conv_in_row_bands(conv, rows, (0, 0))
 
 
 def _band_group_norm(norm: FrameGroupNorm, bands: Bands, x: Tensor) -> Tensor:

@@ -81,7 +81,8 @@ class CausalConv3d(nn.Conv3d):
             first, last = int(band[0]), int(band[-1])
             start, stop = first * stride_h - top, last * stride_h + kernel_h - top
             rows = x[:, :, :, max(start, 0) : min(stop, height)]
-            rows = F.pad(rows, (0, 0, max(-start, 0), max(stop - height, 0)))
+            if start < 0 or stop > height:
+                rows = F.pad(rows, (0, 0, max(-start, 0), max(stop - height, 0)))
             y = F.conv3d(rows, self.weight, self.bias, self.stride, (0, 0, pad_w))
             if out is None:
                 out = y.new_empty(*y.shape[:3], rows_out, y.shape[4])
