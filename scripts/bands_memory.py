@@ -3,7 +3,8 @@
 Real-width VAE with random weights on the CPU (gloo, one thread per rank). Each rank reports the growth of
 its peak RSS over what it held before the VAE ran (model and inputs), i.e. the activations (Linux only).
 
-usage: python scripts/bands_memory.py [--ranks 2] [--size 256] [--frames 1]
+usage: MALLOC_MMAP_THRESHOLD_=65536 python scripts/bands_memory.py [--ranks 2] [--size 256] [--frames 1]
+(the fixed mmap threshold makes glibc return freed tensors at once, so the RSS follows the live tensors)
 """
 
 from __future__ import annotations
