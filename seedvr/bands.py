@@ -360,13 +360,8 @@ def color_fix_band(name: str, content: Tensor, style: Tensor, spans: Sequence[Sp
 
 @torch.inference_mode()
 def restore_window_bands(
-    frames: np.ndarray,
-    models: RestorationModels,
-    options: RestoreOptions,
-    plan: Plan,
-    first_frame: int,
-    stages: Stages,
-    ranks: Ranks,
+    frames: np.ndarray, models: RestorationModels, options: RestoreOptions, plan: Plan, first_frame: int,
+    stages: Stages, ranks: Ranks,
 ) -> Tensor:
     """`restore_window` computed by every rank of `ranks` together; the frames on the main rank.
 
