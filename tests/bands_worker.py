@@ -36,11 +36,11 @@ VAE_CASES = {
     "fixture_2rows": ("fixture", 5, 16, 24),
     "odd_11rows": ("odd", 5, 44, 20),
 }
-# (input frames, height, width, options): resize up and down, grid padding on every side, every colour fix.
+# (input frames, height, width, options): resize up and down, grid padding on every side, both colour fixes
+# that mix rows.
 WINDOW_CASES = {
     "video_wavelet": (5, 37, 53, dict(res_h=64, res_w=90, color_fix="wavelet")),
-    "image_adain": (1, 50, 30, dict(res_h=90, res_w=52, color_fix="adain")),
-    "video_none_down": (5, 70, 98, dict(res_h=40, res_w=56, color_fix="none")),
+    "image_adain": (1, 100, 60, dict(res_h=45, res_w=26, color_fix="adain")),
 }
 
 
