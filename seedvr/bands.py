@@ -99,8 +99,8 @@ def exchange_rows(x: Tensor, owned: Sequence[Span], wanted: Sequence[Span], rank
     Rows of `x` past its span are ignored. The result is one new tensor, or a view of `x` if it has it all.
     """
     me, (start, _), (lo, hi), height = ranks.rank, owned[ranks.rank], wanted[ranks.rank], owned[-1][1]
-    zeros = [(row, x.new_zeros(*x.shape[:-2], n, x.shape[-1])) for row, n in ((lo, -lo), (height, hi - height)) if n > 0]
-    pieces: list[tuple[int, Tensor]] = zeros if lo < hi else []
+    outside = ((lo, -lo), (height, hi - height)) if lo < hi else ()
+    pieces = [(row, x.new_zeros(*x.shape[:-2], n, x.shape[-1])) for row, n in outside if n > 0]
     ops = []
     for q in range(ranks.size):
         r0, r1 = _overlap(owned[q], wanted[me])
@@ -187,7 +187,7 @@ def _layers(vae: VideoVAE) -> dict[nn.Module, _Layer]:
 
 
 def _conv_input(span: Span, kernel: int, stride: int, pad: int) -> Span:
-    """Input rows (before clipping to the frame) that the conv's output rows for an input band read."""
+    """Input rows that the conv's output rows for an input band read (beyond the frame: its zero padding)."""
     first, stop = span[0] // stride, span[1] // stride
     if first == stop:
         return span[0], span[0]
