@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -440,3 +441,11 @@ def restore_file(
     cancelled = partial(_from_main, lambda: bool(should_cancel and should_cancel()), ranks)
     log.info("rank %d of %d restores %s%s", ranks.rank, ranks.size, src, " and writes it" if ranks.is_main else "")
     return pipeline.restore_file(src, dst, models, options, should_cancel=cancelled, write=ranks.is_main, **kwargs)
+
+
+WORK: Counter[str] = Counter()
+"""This process's work counts (e.g. VAE rows computed): what tests read to prove that work is split."""
+
+
+def count_work(key: str, n: int = 1) -> None:
+    WORK[key] += n

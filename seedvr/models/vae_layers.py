@@ -64,24 +64,28 @@ class CausalConv3d(nn.Conv3d):
             cache[self] = x[:, :, x.shape[2] - keep :].clone()
         return self._conv_in_row_bands(x)
 
-    def _conv_in_row_bands(self, x: Tensor) -> Tensor:
+    def _conv_in_row_bands(self, x: Tensor, pad_rows: tuple[int, int] | None = None) -> Tensor:
         """Spatially padded conv, computed in bands of output rows when the input exceeds `max_input_bytes`.
 
         At 720p and above one conv's input is gigabytes; whole, it needs a large workspace and can pass the
         2**31-element limit of 32-bit-indexed kernels. Each band reads its own halo rows: same result.
+        `pad_rows` (zero rows above, below) replaces the conv's own row padding, for a caller that brings
+        neighbouring rows itself (a sequence-parallel rank's band, seedvr/bands.py).
         """
         bands = math.ceil(x.numel() * x.element_size() / self.max_input_bytes)
-        if bands <= 1:
+        if bands <= 1 and pad_rows is None:
             return super().forward(x)
         (_, pad_h, pad_w), (_, kernel_h, _), (_, stride_h, _) = self.padding, self.kernel_size, self.stride
+        top, bottom = (pad_h, pad_h) if pad_rows is None else pad_rows
         height = x.shape[3]
-        rows_out = (height + 2 * pad_h - kernel_h) // stride_h + 1
+        rows_out = (height + top + bottom - kernel_h) // stride_h + 1
         out = None
-        for band in torch.arange(rows_out).tensor_split(min(bands, rows_out)):
+        for band in torch.arange(rows_out).tensor_split(min(max(bands, 1), rows_out)):
             first, last = int(band[0]), int(band[-1])
-            start, stop = first * stride_h - pad_h, last * stride_h + kernel_h - pad_h
+            start, stop = first * stride_h - top, last * stride_h + kernel_h - top
             rows = x[:, :, :, max(start, 0) : min(stop, height)]
-            rows = F.pad(rows, (0, 0, max(-start, 0), max(stop - height, 0)))
+            if start < 0 or stop > height:
+                rows = F.pad(rows, (0, 0, max(-start, 0), max(stop - height, 0)))
             y = F.conv3d(rows, self.weight, self.bias, self.stride, (0, 0, pad_w))
             if out is None:
                 out = y.new_empty(*y.shape[:3], rows_out, y.shape[4])

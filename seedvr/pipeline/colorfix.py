@@ -35,18 +35,23 @@ def wavelet_color_fix(content: torch.Tensor, style: torch.Tensor) -> torch.Tenso
     return content - low_frequencies(content) + low_frequencies(style)
 
 
-def adain_color_fix(content: torch.Tensor, style: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Per frame and channel: give ``content`` the mean and standard deviation of ``style``."""
+Moments = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def frame_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (unbiased) variance per frame and channel, shaped to broadcast over ``[T, C, H, W]``."""
+    return x.mean(dim=(-2, -1), keepdim=True), x.var(dim=(-2, -1), keepdim=True)
+
+
+def adain_color_fix(
+    content: torch.Tensor, style: torch.Tensor, eps: float = 1e-5, moments: Moments = frame_moments
+) -> torch.Tensor:
+    """Per frame and channel: give ``content`` the mean and standard deviation of ``style``.
+
+    ``moments`` computes them (a band of rows passes moments reduced over all ranks' bands)."""
     content, style = content.float(), style.float()
-
-    def stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = x.mean(dim=(-2, -1), keepdim=True)
-        std = (x.var(dim=(-2, -1), keepdim=True) + eps).sqrt()
-        return mean, std
-
-    c_mean, c_std = stats(content)
-    s_mean, s_std = stats(style)
-    return (content - c_mean) / c_std * s_std + s_mean
+    (c_mean, c_var), (s_mean, s_var) = moments(content), moments(style)
+    return (content - c_mean) / (c_var + eps).sqrt() * (s_var + eps).sqrt() + s_mean
 
 
 def _no_fix(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:

@@ -269,6 +269,35 @@ def preprocess(frames: np.ndarray, plan: Plan, device: torch.device | str) -> to
     return geometry.to_model_range(geometry.pad_to_grid(torch.cat(resized), plan.pads))
 
 
+def to_video(lq: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Preprocessed frames ``[n, 3, H, W]`` -> the VAE's input ``[1, 3, 4m+1, H, W]`` in ``dtype``."""
+    return pad_to_4n1(lq).permute(1, 0, 2, 3).unsqueeze(0).to(dtype)
+
+
+def posterior_noise(
+    frames: int, plan: Plan, models: RestorationModels, options: RestoreOptions, first_frame: int
+) -> torch.Tensor:
+    """The window's posterior noise over the whole padded frame (tiles and bands slice it)."""
+    h, w = (s // SPATIAL_FACTOR for s in plan.padded_size)
+    shape = (1, LATENT_CHANNELS, (frames - 1) // TEMPORAL_FACTOR + 1, h, w)
+    return window_noise(options.seed, "posterior", first_frame, shape, models.dtype, models.device)
+
+
+def denoise(cond: torch.Tensor, models: RestorationModels, options: RestoreOptions, first_frame: int) -> torch.Tensor:
+    """The DiT's restored latent ``x_0 [T', h, w, 16]`` for the window's condition latent ``cond``."""
+    text_neg = None if models.text_neg_emb is None else models.text_neg_emb.to(models.device)
+    return sampling.sample(
+        models.dit,
+        window_noise(options.seed, "x_T", first_frame, tuple(cond.shape), models.dtype, models.device),
+        sampling.condition(cond),
+        models.text_emb.to(models.device),
+        text_neg,
+        steps=options.sample_steps,
+        cfg_scale=options.cfg_scale,
+        cfg_rescale=options.cfg_rescale,
+    )
+
+
 @retry_transient
 @torch.inference_mode()
 def restore_window(
@@ -286,24 +315,11 @@ def restore_window(
     with stages("preprocess", report=False):
         lq = preprocess(frames, plan, models.device)
     with stages("encode"):
-        video = pad_to_4n1(lq).permute(1, 0, 2, 3).unsqueeze(0).to(models.dtype)
-        latent_frames = (video.shape[2] - 1) // TEMPORAL_FACTOR + 1
-        h, w = (s // SPATIAL_FACTOR for s in video.shape[-2:])
-        shape = (1, LATENT_CHANNELS, latent_frames, h, w)
-        noise = window_noise(options.seed, "posterior", first_frame, shape, models.dtype, models.device)
+        video = to_video(lq, models.dtype)
+        noise = posterior_noise(video.shape[2], plan, models, options, first_frame)
         cond = sampling.to_dit_latent(vae_encode(models.vae, video, noise, plan.tiling, models.map_tiles), models.scaling_factor)
     with stages("dit"):
-        text_neg = None if models.text_neg_emb is None else models.text_neg_emb.to(models.device)
-        x_0 = sampling.sample(
-            models.dit,
-            window_noise(options.seed, "x_T", first_frame, tuple(cond.shape), models.dtype, models.device),
-            sampling.condition(cond),
-            models.text_emb.to(models.device),
-            text_neg,
-            steps=options.sample_steps,
-            cfg_scale=options.cfg_scale,
-            cfg_rescale=options.cfg_rescale,
-        )
+        x_0 = denoise(cond, models, options, first_frame)
     with stages("vae_decode"):
         z = sampling.from_dit_latent(x_0, models.scaling_factor, models.dtype)
         out = vae_decode(models.vae, z, plan.tiling, models.map_tiles)[0].permute(1, 0, 2, 3)[: len(frames)]
