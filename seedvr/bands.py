@@ -238,10 +238,10 @@ def _band_group_norm(norm: FrameGroupNorm, bands: Bands, x: Tensor) -> Tensor:
 
 
 def _gathered_tokens(linear: nn.Linear, layer: _Layer, bands: Bands, tokens: Tensor) -> Tensor:
-    """A key or value projection of this band's tokens [B, n, C], returned for the whole frame."""
+    """A key or value projection of this band's tokens [..., n, C], returned for the whole frame."""
     counts = [(b - a) * bands.cols * layer.factor for a, b in bands.spans(layer.factor)]
     local = nn.Linear.forward(linear, tokens)
-    return local if bands.ranks.group is None else _gather(local, counts, 1, bands.ranks, everywhere=True)
+    return local if bands.ranks.group is None else _gather(local, counts, local.ndim - 2, bands.ranks, everywhere=True)
 
 
 def _pointwise(conv: nn.Conv3d, x: Tensor) -> Tensor:
