@@ -8,6 +8,7 @@ shows the progress, writes OUTPUT and prints the summary.
 """
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -135,6 +136,8 @@ def restore(args: argparse.Namespace, ranks: parallel.Ranks) -> int:
     print(f"model {spec.model_type} ({spec.variant}) on {manager.device} {manager.dtype}{ranks_text}, "
           f"load {load_seconds:.1f}s")
     print(f"timings: {stages}")
+    if ranks.size > 1:
+        print(f"work per rank: {json.dumps(result.work, sort_keys=True)}")
     return 0
 
 
