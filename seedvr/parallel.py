@@ -471,6 +471,7 @@ def _solo_round(
         shape, dtype = shapes[rank]
         frames = torch.empty(shape, dtype=dtype, device=ranks.device)
         dist.recv(frames, dist.get_global_rank(ranks.group, rank), group=ranks.group)
+        task.stages.window = round_jobs[rank].index  # progress while writing it names this window
         yield round_jobs[rank], frames
 
 

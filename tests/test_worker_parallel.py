@@ -136,10 +136,13 @@ def test_a_rank_dying_during_a_job_fails_it_then_cancel_and_limits(worker, setup
     worker.sender.on_update = None
 
     cancel = threading.Event()
+    worker.sender.sent.clear()
     worker.sender.on_update = lambda update: cancel.set() if update["window"] == 1 else None
-    cancelled = restore(worker, setup, cancel)  # rebuilds the group, then stops after window 1 on every rank
+    # 3 windows (stride 2): the rebuilt group restores windows 1 and 2 as one round (one per rank), then
+    # every rank stops before window 3
+    cancelled = restore(worker, setup, cancel, overlap_frames=3)
     assert cancelled["error_code"] == "CANCELLED", cancelled
-    assert max(u["window"] for u in worker.sender.sent) == 1
+    assert max(u["window"] for u in worker.sender.sent) == 2 and {u["windows"] for u in worker.sender.sent} == {3}
     assert worker.group.running  # a cancel is no failure: the ranks stay
 
     too_many = worker.run({"input": {"action": "initialize", "sp_size": 3}})
