@@ -57,7 +57,8 @@ def test_help_documents_every_option() -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0
     for option in ("--model", "--ckpt-dir", "--device", "--dtype", "--attention", "--compile", "--frames", "--in-size",
-                   "--res", "--scale", "--batch-frames", "--overlap-frames", "--vae-tile", "--color-fix", "--warmup", "--json"):
+                   "--res", "--scale", "--batch-frames", "--overlap-frames", "--vae-tile", "--color-fix", "--warmup", "--json",
+                   "--dit-layers", "--sp-size"):
         assert option in proc.stdout
 
 
