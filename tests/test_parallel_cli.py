@@ -111,7 +111,7 @@ def test_video_over_ranks_equals_one_process(outputs, ranks: int) -> None:
     (want, _), (got, stdout) = outputs("video", 1), outputs("video", ranks)
     info = media.probe(got)
     assert (info.kind, info.frames, info.width, info.height, info.has_audio) == ("video", 17, 64, 48, True)
-    assert_nearly_equal(video_frames(got), video_frames(want))
+    assert_nearly_equal(video_frames(got), video_frames(want), levels=2)
     # Only rank 0 prints the summary, and only it writes: the folder holds one output per run.
     assert stdout.count("video: 64x48 -> 64x48, 17 frame(s)") == 1
     assert f"{ranks} sequence-parallel ranks" in stdout
