@@ -3,8 +3,9 @@
 Loads the model through the same manager the worker uses (configs_<model>/main.yaml + the flat
 checkpoint folder), restores with a progress bar and prints a short summary. Under
 `torchrun --nproc-per-node N -m seedvr restore ... --sp-size N` every rank loads the model on its own
-GPU and runs the same restoration with the DiT split over the ranks (docs/parallel.md); rank 0
-shows the progress, writes OUTPUT and prints the summary.
+GPU and the ranks share the restoration: temporal windows dealt to them, a window they restore together
+with its DiT split (docs/parallel.md); rank 0 shows the progress, writes OUTPUT and prints the summary
+with each rank's work counts.
 """
 
 import argparse

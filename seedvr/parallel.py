@@ -1,4 +1,8 @@
-"""Sequence parallelism for the NaDiT by windows, and independent VAE pieces dealt to ranks.
+"""Sequence parallelism: temporal windows dealt whole to ranks, the NaDiT split by attention windows.
+
+A video's temporal windows go to the ranks in rounds, one window per rank restored alone
+(`windows_over_ranks`); a window that all ranks restore together (an image, the last windows) has its
+DiT forward split as follows, and its VAE tiles dealt to ranks.
 
 Only attention mixes tokens, and only inside a window (plus the sample's text); norms, modulation,
 projections and MLPs are per token. So each rank owns the video tokens of a contiguous run of whole
