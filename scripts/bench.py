@@ -43,9 +43,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from seedvr import media, parallel  # noqa: E402
-from seedvr.checkpoints import load_text_embedding, load_weights  # noqa: E402
 from seedvr.models import build_dit, build_vae  # noqa: E402
+from seedvr.models.layers import cast_model  # noqa: E402
 from seedvr.models.nadit import NaDiTParams, model_frequencies  # noqa: E402
 from seedvr.models.windows import make_windows  # noqa: E402
 from seedvr.pipeline import RestorationModels, RestoreOptions, make_plan  # noqa: E402
@@ -87,23 +86,18 @@ def dit_flops(p: NaDiTParams, latent: tuple[int, int, int], txt_len: int) -> dic
     return flops
 
 
-RANDOM_POOL = 1_000_003  # values drawn once; a prime length, so no weight matrix repeats along a row or column
-
-
 @torch.no_grad()
 def random_init_(module: torch.nn.Module, seed: int) -> None:
     """Plausible random weights: matrices ~ N(0, 1/fan_in), norm/scale vectors 1, other vectors 0.
 
-    The matrices repeat one pool of normal values instead of drawing each weight: speed does not depend
-    on the values, and drawing 640M normals took most of a CPU benchmark's start-up (24 s of ~50).
+    Drawn on the module's device (a 7B model's 8 billion draws take minutes on a CPU, not on a GPU).
     """
-    pool = torch.randn(RANDOM_POOL, generator=torch.Generator().manual_seed(seed))
+    device = next(module.parameters()).device
+    gen = torch.Generator(device).manual_seed(seed)
     for name, param in module.named_parameters():
         if param.ndim >= 2:
-            scaled = (pool / math.sqrt(math.prod(param.shape[1:]))).to(param.dtype)
-            flat = param.view(-1)
-            for start in range(0, flat.numel(), RANDOM_POOL):
-                flat[start : start + RANDOM_POOL] = scaled[: flat.numel() - start]
+            fan_in = math.prod(param.shape[1:])
+            values = torch.randn(param.shape, generator=gen, device=device) / math.sqrt(fan_in)
         elif "norm" in name or name.endswith("scale") or name.endswith("weight"):
             param.fill_(1)
         else:
@@ -112,7 +106,7 @@ def random_init_(module: torch.nn.Module, seed: int) -> None:
 
 def _materialize(module: torch.nn.Module, device: torch.device, dtype: torch.dtype, seed: int) -> torch.nn.Module:
     """Allocate a meta-built module directly in `dtype` on `device` (one copy) and fill it."""
-    module = module.to(dtype).to_empty(device=device)
+    module = cast_model(module, dtype).to_empty(device=device)
     random_init_(module, seed)
     for name, buf in module.named_buffers():
         if name.endswith("rope.freqs"):
@@ -140,6 +134,8 @@ def build_models(args: argparse.Namespace) -> tuple[RestorationModels, NaDiTPara
     with torch.device("meta"):
         dit, vae = build_dit(arch, dit_cfg), build_vae(vae_cfg)
     if weights:
+        from seedvr.checkpoints import load_weights
+
         load_weights(dit, weights["dit"], dtype, device)
         load_weights(vae, weights["vae"], dtype, device)
         dit, vae = dit.eval().requires_grad_(False), vae.eval().requires_grad_(False)
@@ -147,6 +143,8 @@ def build_models(args: argparse.Namespace) -> tuple[RestorationModels, NaDiTPara
         dit, vae = _materialize(dit, device, dtype, 1), _materialize(vae, device, dtype, 2)
     text_path = Path(args.ckpt_dir or "") / "pos_emb.pt"
     if args.ckpt_dir and text_path.exists():
+        from seedvr.checkpoints import load_text_embedding
+
         text = load_text_embedding(text_path, dtype, device)
     else:
         text = torch.randn(TEXT_TOKENS, dit.params.txt_in_dim, generator=torch.Generator().manual_seed(3)).to(device, dtype)
@@ -167,25 +165,28 @@ def dit_params(dit: torch.nn.Module) -> NaDiTParams:
     return getattr(dit, "_orig_mod", dit).params
 
 
-def write_clip(path: Path, frames: int, size: tuple[int, int], fps: Fraction) -> None:
-    """A moving colour pattern (structure at every scale, so the codecs and the VAE do real work);
-    a .png path gets the first frame as an image."""
+def pattern_frames(frames: int, size: tuple[int, int]) -> np.ndarray:
+    """uint8 [frames, h, w, 3]: a moving colour pattern (structure at every scale, so codecs and VAE do real work)."""
     w, h = size
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-
-    def frame(i: int) -> np.ndarray:
+    out = np.empty((frames, h, w, 3), np.uint8)
+    for i in range(frames):
         phase = i / max(frames, 1) * 2 * math.pi
         r = 127 + 120 * np.sin(xx / 9 + phase)
         g = 127 + 120 * np.sin(yy / 13 - phase)
         b = 127 + 120 * np.sin((xx + yy) / 21 + 2 * phase)
-        return np.stack([r, g, b], -1).clip(0, 255).astype(np.uint8)
+        out[i] = np.stack([r, g, b], -1).clip(0, 255)
+    return out
 
-    if path.suffix == ".png":
-        media.write_image(path, frame(0), "png")
+
+def write_clip(path: Path, frames: int, size: tuple[int, int], fps: Fraction) -> None:
+    from seedvr import media  # here: gpu_check.py imports this module on machines without PyAV
+
+    if path.suffix == ".png":  # an image: the first frame
+        media.write_image(path, pattern_frames(1, size)[0], "png")
         return
-    with media.VideoWriter(path, w, h, fps, fmt="mp4", crf=18) as writer:
-        for i in range(frames):
-            writer.write(frame(i)[None])
+    with media.VideoWriter(path, *size, fps, fmt="mp4", crf=18) as writer:
+        writer.write(pattern_frames(frames, size))
 
 
 class PeakMemory:
@@ -257,6 +258,7 @@ def rank_peak_mb(device: torch.device) -> float:
 
 
 def run(args: argparse.Namespace, ranks: parallel.Ranks) -> Report:
+    from seedvr import parallel  # here: gpu_check.py imports this module on machines without PyAV
     if args.attention != "auto":
         os.environ["SEEDVR_ATTENTION"] = args.attention
     torch.manual_seed(0)
@@ -352,6 +354,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
+    from seedvr import parallel
+
     ranks = parallel.init_from_env("cuda" if args.device.startswith("cuda") else "cpu")
     if ranks.size != args.sp_size:
         raise SystemExit(f"--sp-size {args.sp_size} must equal the number of torchrun processes ({ranks.size})")

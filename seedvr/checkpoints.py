@@ -11,18 +11,20 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import torch
-from huggingface_hub import HfFileMetadata, get_hf_file_metadata, hf_hub_url
-from huggingface_hub.file_download import http_get
-from huggingface_hub.utils import WeakFileLock, build_hf_headers
-from huggingface_hub.utils import tqdm as hf_tqdm
 from safetensors import safe_open
 from torch import nn
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfFileMetadata
+
+from seedvr.models.layers import fp32_parameter_names, kept_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +57,19 @@ MODEL_CHOICES: dict[str, tuple[str, ...]] = {
     "7b-sharp": ("seedvr2_7b_sharp",),
     "all": ("seedvr2_3b", "seedvr2_7b", "seedvr2_7b_sharp"),
 }
+# Published sizes of the current hub revisions (docs/checkpoints.md; the embeddings rounded): disk planning.
+FILE_BYTES: dict[str, int] = {
+    "seedvr2_3b": 13_566_090_228,
+    "seedvr2_7b": 32_958_774_606,
+    "seedvr2_7b_sharp": 32_958_774_606,
+    "vae": 1_002_691_902,
+    "pos_emb": 600_000,
+    "neg_emb": 700_000,
+}
 DEFAULT_CKPT_DIR = Path("ckpts")
 PARTIAL_DIR = ".incomplete"
+# Where RunPod puts an endpoint's cached model (a Hugging Face hub cache) before the worker starts.
+RUNPOD_MODEL_CACHE = Path("/runpod-volume/huggingface-cache/hub")
 
 
 class CheckpointError(RuntimeError):
@@ -67,13 +80,40 @@ class DownloadError(RuntimeError):
     """A hub download failed or delivered something other than what the hub announced."""
 
 
+class HubUnreachable(DownloadError):
+    """The hub did not answer for a file (no network, no access, no such file)."""
+
+
 def default_ckpt_dir() -> Path:
     return Path(os.environ.get("SEEDVR_CKPT_DIR") or DEFAULT_CKPT_DIR)
 
 
-def checkpoint_status(ckpt_dir: str | Path) -> dict[str, bool]:
+def locate(filename: str, folders: Sequence[Path]) -> Path | None:
+    """The file in the first folder that has it: several flat folders act as one."""
+    return next((folder / filename for folder in folders if (folder / filename).is_file()), None)
+
+
+def checkpoint_status(folders: str | Path | Sequence[Path]) -> dict[str, bool]:
     """Which model files are present: what the worker's health answer reports."""
-    return {name: (Path(ckpt_dir) / CHECKPOINT_FILES[name]).is_file() for name in STATUS_FILES}
+    folders = [Path(folders)] if isinstance(folders, (str, Path)) else folders
+    return {name: locate(CHECKPOINT_FILES[name], folders) is not None for name in STATUS_FILES}
+
+
+def cached_snapshot(cache: Path, repo_id: str) -> Path | None:
+    """`repo_id`'s snapshot in a Hugging Face hub cache (the layout of RunPod's cached models): the revision
+    `refs/main` names, else the newest snapshot. Its files carry the repository's names, so the snapshot is
+    a flat checkpoint folder as it is."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshots = repo / "snapshots"
+    try:
+        ref = repo / "refs" / "main"
+        named = snapshots / ref.read_text().strip() if ref.is_file() else None
+        if named is not None and named.is_dir():
+            return named
+        found = [p for p in snapshots.iterdir() if p.is_dir()] if snapshots.is_dir() else []
+    except OSError:  # an unreadable cache is no cache
+        return None
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
 def _download_hint(name: str, ckpt_dir: Path) -> str:
@@ -203,12 +243,20 @@ def load_weights(
 ) -> nn.Module:
     """Fill `module` (typically built under `torch.device("meta")`) from a checkpoint file.
 
-    Parameters are cast to `dtype`; buffers keep the file's dtype (the rotary frequency tables must
-    stay fp32). Tensors are assigned, not copied, so peak memory is one copy in the target dtype.
+    Parameters are cast to `dtype`, except those the model keeps in float32 (the DiT's modulation
+    tables); buffers keep the file's dtype (the rotary frequency tables must stay fp32). Tensors are
+    assigned, not copied, so peak memory is one copy in the target dtype.
     """
     path = Path(path)
     buffers = {name for name, _ in module.named_buffers()}
-    state = _load(path, lambda key: None if key in buffers else dtype, device)
+    fp32 = fp32_parameter_names(module)
+
+    def dtype_of(key: str) -> torch.dtype | None:
+        if key in buffers or dtype is None:
+            return None
+        return kept_dtype(dtype) if key in fp32 else dtype
+
+    state = _load(path, dtype_of, device)
     _check_shapes(module, state, path)
     result = module.load_state_dict(state, strict=False, assign=True)
     problems = []
@@ -267,6 +315,8 @@ def hub_files(models: Iterable[str], revision: str = "main") -> list[HubFile]:
 
 def _silent_bar(progress: bool):
     """None keeps huggingface_hub's bar (shown on a terminal); log lines report progress otherwise."""
+    from huggingface_hub.utils import tqdm as hf_tqdm
+
     return None if progress else functools.partial(hf_tqdm, disable=True)
 
 
@@ -279,6 +329,9 @@ def _complete(target: Path, size: int) -> bool:
 
 def _transfer(file: HubFile, meta: HfFileMetadata, url: str, partial: Path, progress: bool) -> None:
     """Append the missing bytes to `partial` with a range request, then hold it to the hub's size."""
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
+
     have = partial.stat().st_size if partial.is_file() else 0
     if have > meta.size:
         partial.unlink()
@@ -321,11 +374,14 @@ def _fetch(file: HubFile, dest: Path, endpoint: str | None, progress: bool) -> P
     it per process, so a killed run would start a 33 GB file from zero; hence our own partial file,
     keyed by the hub's ETag so that a new upstream version never continues an old one.
     """
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.utils import WeakFileLock
+
     url = hf_hub_url(file.repo_id, file.filename, revision=file.revision, endpoint=endpoint)
     try:
         meta = get_hf_file_metadata(url, endpoint=endpoint, retry_on_errors=True)
     except Exception as err:  # not found, unauthorised, no network: all end the run the same way
-        raise DownloadError(f"{file.describe()}: cannot read its metadata at {url}: {err}") from err
+        raise HubUnreachable(f"{file.describe()}: cannot read its metadata at {url}: {err}") from err
     if meta.size is None or meta.etag is None:
         raise DownloadError(f"{file.describe()}: the hub announced no size or ETag ({url})")
     target = dest / file.filename
@@ -352,12 +408,24 @@ def download(
     *,
     revision: str = "main",
     endpoint: str | None = None,
+    only: Collection[str] | None = None,
 ) -> list[Path]:
     """Fetch the chosen models (3b, 7b, 7b-sharp, all) and the shared files into the flat `dest`.
 
     Files already present with the hub's size are skipped, so re-running is cheap (one HEAD each).
-    `endpoint` overrides `HF_ENDPOINT` (which huggingface_hub reads at import).
+    `endpoint` overrides `HF_ENDPOINT` (which huggingface_hub reads at import). `only` limits the transfer
+    to these file names (the worker skips files it found in another folder).
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    return [_fetch(f, dest, endpoint, progress) for f in hub_files(models, revision)]
+    # huggingface_hub prints its retry warnings with its own handler and again through the root logger
+    # once an application has configured one: keep only the root's.
+    logging.getLogger("huggingface_hub").handlers.clear()
+    files = [f for f in hub_files(models, revision) if only is None or f.filename in only]
+    try:
+        return [_fetch(f, dest, endpoint, progress) for f in files]
+    except HubUnreachable as err:
+        raise HubUnreachable(
+            f"{err}\nWhat to do: check the network and access to the hub (HF_ENDPOINT, HF_TOKEN), or copy "
+            f"{', '.join(f.filename for f in files)} into {dest} by hand (SEEDVR_CKPT_DIR names that folder)"
+        ) from err.__cause__

@@ -136,7 +136,11 @@ class Shard:
 
 
 def _empty_plan(device: torch.device) -> VarlenPlan:
-    return VarlenPlan(cu_seqlens=torch.zeros(1, dtype=torch.int32, device=device), max_seqlen=0, groups=[])
+    return VarlenPlan(
+        cu_seqlens=torch.zeros(1, dtype=torch.int32, device=device), max_seqlen=0,
+        group_rows=torch.zeros(0, dtype=torch.int64, device=device), group_shape=torch.zeros(0, dtype=torch.int64),
+        backend="none",
+    )
 
 
 def make_shard(ctx: ForwardContext, key: LayoutKey, rank: int, size: int) -> Shard:
@@ -156,7 +160,7 @@ def make_shard(ctx: ForwardContext, key: LayoutKey, rank: int, size: int) -> Sha
     samples = torch.repeat_interleave(torch.arange(len(ctx.txt_lens), device=device), torch.tensor(ctx.vid_lens, device=device))
     return Shard(
         rows=rows, owner=owner, position=position, tokens=full.order[v0:v1], samples=samples[full.order[v0:v1]],
-        layout=layout, plan=make_plan(layout.seq_lens, device) if layout.seq_lens else _empty_plan(device),
+        layout=layout, plan=make_plan(layout.seq_lens, device, ctx.emb.dtype) if layout.seq_lens else _empty_plan(device),
         angles={name: a[v0:v1] if name == "vid" else a for name, a in angles.items()},
         window_total=full.window_count,
     )

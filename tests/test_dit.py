@@ -13,6 +13,8 @@ from safetensors.torch import load_file
 
 from dit_reference import reference_dit
 from seedvr.models import build_dit
+from seedvr.checkpoints import load_weights
+from seedvr.models.layers import cast_model, fp32_parameter_names
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).parent.parent
@@ -24,7 +26,7 @@ def fixture_model(arch: str, dtype: torch.dtype = torch.float32):
     cfg = json.loads((FIXTURES / ARCHS[arch] / "config.json").read_text())
     model = build_dit(arch, cfg).eval()
     model.load_state_dict(load_file(FIXTURES / ARCHS[arch] / "weights.safetensors"), strict=True)
-    return model.to(dtype)
+    return cast_model(model, dtype)
 
 
 def run(model, case: dict) -> torch.Tensor:
@@ -46,8 +48,9 @@ def test_fixture_case_fp32(arch: str, case_name: str) -> None:
 def test_bf16_error_envelope(arch: str) -> None:
     """bf16 weights and activations (the GPU path) against the official run with bf16 attention inputs.
 
-    Documented envelope (docs/models.md): relative L2 error under 1.5 %, max abs under 0.08 on outputs
-    of magnitude ~5. The official GPU run itself (bf16 autocast everywhere) sits in the same envelope
+    Measured (docs/models.md), with the modulation tables kept in fp32: relative L2 error at most
+    0.76 % (3B) and 0.68 % (7B), max abs 0.043 on outputs of magnitude ~5; the bounds sit a small
+    margin above. The official GPU run itself (bf16 autocast everywhere) sits in the same envelope
     around `out_bf16attn`, which rounds only q, k, v.
     """
     model = fixture_model(arch, torch.bfloat16)
@@ -55,8 +58,26 @@ def test_bf16_error_envelope(arch: str) -> None:
         case = load_file(FIXTURES / ARCHS[arch] / f"case_{name}.safetensors")
         out, ref = run(model, case), case["out_bf16attn"]
         assert torch.isfinite(out).all()
-        assert (out - ref).norm() / ref.norm() < 0.015
-        assert (out - ref).abs().max() < 0.08
+        assert (out - ref).norm() / ref.norm() < 0.0082
+        assert (out - ref).abs().max() < 0.048
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_modulation_tables_stay_fp32_in_a_bf16_model(arch: str) -> None:
+    """The official code keeps every `ada` table and `vid_out_ada` in fp32, whether loaded or cast."""
+    weights = load_file(FIXTURES / ARCHS[arch] / "weights.safetensors")
+    with torch.device("meta"):
+        meta = build_dit(arch, json.loads((FIXTURES / ARCHS[arch] / "config.json").read_text()))
+    loaded = load_weights(meta, FIXTURES / ARCHS[arch] / "weights.safetensors", torch.bfloat16, "cpu")
+    for model in (loaded, fixture_model(arch, torch.bfloat16)):
+        params = dict(model.named_parameters())
+        tables = {name for name in params if ".ada." in name or name.startswith("vid_out_ada.")}
+        assert tables and fp32_parameter_names(model) == tables
+        for name, param in params.items():
+            if name in tables:
+                assert param.dtype == torch.float32 and torch.equal(param, weights[name]), name
+            else:
+                assert param.dtype == torch.bfloat16, name
 
 
 def test_official_text_rotary_indexing_is_reproduced() -> None:

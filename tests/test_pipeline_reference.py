@@ -103,6 +103,23 @@ def test_restore_reference_other_shapes(models, frames, size):
     torch.testing.assert_close(again, out, atol=0, rtol=0)
 
 
+def test_x_t_stays_fp32_between_steps():
+    """Official: x_t is not rounded to the model dtype between steps (the DiT rounds its own input)."""
+    noise = torch.randn(2, 3, 4, 16).to(torch.bfloat16)
+    cond, text, seen = torch.randn(2, 3, 4, 17).to(torch.bfloat16), torch.randn(5, 8), []
+
+    def dit(vid, txt, vid_shape, txt_shape, t):
+        seen.append(vid[:, :16].clone())
+        return (vid[:, :16].float() * 0.3 + 0.1).to(torch.bfloat16)
+
+    x_0 = sampling.sample(dit, noise, cond, text, steps=2)
+    v = (noise.float() * 0.3 + 0.1).to(torch.bfloat16).reshape(seen[0].shape)
+    x_0_first, x_T_first = sampling.endpoints_from_v(v, noise.reshape(seen[0].shape), torch.tensor([1000.0]))
+    expected = sampling.lerp(x_0_first, x_T_first, torch.tensor(500.0))
+    assert seen[1].dtype == torch.float32 and x_0.dtype == torch.float32
+    torch.testing.assert_close(seen[1], expected, atol=0, rtol=0)
+
+
 def test_sampling_timesteps_and_one_step_endpoint():
     assert sampling.sampling_timesteps(1).tolist() == [1000.0]
     assert sampling.sampling_timesteps(4).tolist() == [1000.0, 750.0, 500.0, 250.0]

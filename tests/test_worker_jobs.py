@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import gc
+import logging
 import os
 import tempfile
 import threading
@@ -19,10 +20,11 @@ import torch
 
 from mediagen import make_image, make_video
 from tiny import write_tiny_setup
-from worker_helpers import Updates, b64, fetch, s3_server
+from worker_helpers import b64, fetch, job_worker, s3_server
 
 from seedvr import checkpoints, manager as manager_module
 from seedvr.manager import ManagerConfig, ModelManager, ModelSpec
+from seedvr.worker import service as service_module
 from seedvr.worker.service import Worker
 from seedvr.worker.settings import BucketConfig, Limits, WorkerSettings
 
@@ -54,14 +56,7 @@ def manager(setup):
 @pytest.fixture()
 def worker(manager, tmp_path, monkeypatch):
     """A worker whose job folders go to tmp_path/jobs, so a test can check they are all removed."""
-    jobs = tmp_path / "jobs"
-    jobs.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(jobs))
-    updates = Updates()
-    worker = Worker(manager, WorkerSettings(limits=LIMITS, progress_interval=0.0), sender=updates)
-    worker.updates = updates
-    worker.jobs_dir = jobs
-    return worker
+    return job_worker(manager, tmp_path, monkeypatch, WorkerSettings(limits=LIMITS, progress_interval=0.0))
 
 
 def job_dirs(folder: Path) -> list[Path]:
@@ -267,6 +262,30 @@ def test_swap_frees_old_dit_first_and_keeps_the_vae(manager, worker, monkeypatch
     assert manager.models.vae is vae
     again = run(worker, {"action": "initialize", "model_type": "seedvr2_7b"})
     assert again["load_seconds"] == 0.0 and len(alive_at_load) == 1
+
+
+def test_compile_setting_compiles_and_warms_up_at_initialize(setup, monkeypatch, caplog):
+    """SEEDVR_COMPILE=1: the resident model's blocks are compiled once, then run once before any job.
+
+    Compilation itself is faked here (tests/test_compile.py checks it); this checks the wiring.
+    """
+    monkeypatch.setenv("SEEDVR_COMPILE", "1")
+    compiled, dit_calls = [], []
+
+    def fake_compile(*models):
+        compiled.append(models)
+        models[0].register_forward_hook(lambda *args: dit_calls.append(1))
+
+    monkeypatch.setattr(service_module, "compile_regions", fake_compile)
+    worker = Worker(ModelManager(ManagerConfig(setup["ckpt_dir"], setup["config_dir"])), WorkerSettings(limits=LIMITS))
+    with caplog.at_level(logging.INFO, logger="seedvr.worker"):
+        answer = run(worker, {"action": "initialize"})
+    models = worker.manager.models
+    assert answer["ready"] is True and compiled == [(models.dit, models.vae)]
+    assert dit_calls == [1]  # the warm-up: one window, one DiT call
+    assert "SEEDVR_COMPILE: DiT and VAE blocks compiled and warmed up" in caplog.text
+    assert run(worker, {"action": "initialize"})["ready"] is True
+    assert len(compiled) == 1 and dit_calls == [1]
 
 
 def test_restore_follows_resident_model_and_sharp_changes_the_result(manager, worker, setup, tmp_path):

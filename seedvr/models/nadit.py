@@ -34,6 +34,7 @@ from seedvr.models.rope import (
     axial_angles,
     lang_frequencies,
     pixel_frequencies,
+    rotation_table,
     window_linspace,
 )
 from seedvr.models.windows import WINDOW_METHODS, WindowLayout, build_layout
@@ -212,12 +213,16 @@ class ForwardContext(BlockContext):
         return rows(e, self.vid_lens if stream == "vid" else self.txt_lens)
 
     def layout(self, window: tuple[int, int, int], method: str) -> tuple[WindowLayout, VarlenPlan, dict]:
-        """Window layout, attention plan and rotary angles of one window kind, built on first use."""
+        """Window layout, attention plan and rotary tables of one window kind, built on first use.
+
+        `NaDiT.forward` builds every kind before the first block, so that a compiled block only reads them.
+        """
         key = (window, method)
         if key not in self._layouts:
             device = self.emb.device
             layout = build_layout(self.grids, self.txt_lens, window, method, device)
-            self._layouts[key] = (layout, make_plan(layout.seq_lens, device), self._angles(layout))
+            plan = make_plan(layout.seq_lens, device, self.emb.dtype)
+            self._layouts[key] = (layout, plan, self._rotations(layout))
         return self._layouts[key]
 
     def text_mean(self, txt_out: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
@@ -225,15 +230,15 @@ class ForwardContext(BlockContext):
         parts = txt_out.split([n * length for n, length in zip(layout.window_count, self.txt_lens)])
         return torch.cat([o.view(n, length, -1).mean(0) for o, n, length in zip(parts, layout.window_count, self.txt_lens)])
 
-    def _angles(self, layout: WindowLayout) -> dict:
+    def _rotations(self, layout: WindowLayout) -> dict:
         if self.rope == "pixel":
-            return {"vid": axial_angles(window_linspace(layout.local, layout.extent), self.freqs)}
+            return {"vid": rotation_table(axial_angles(window_linspace(layout.local, layout.extent), self.freqs))}
         # windows keep samples contiguous, so the windowed rows of sample b are its vid_lens[b] tokens
         device = layout.local.device
         text_offset = torch.tensor(self.txt_lens, device=device).repeat_interleave(torch.tensor(self.vid_lens, device=device))
         vid_pos = layout.local + F.pad(text_offset[:, None], (0, 2))
         txt_pos = layout.txt_pos[:, None].expand(-1, 3)
-        return {"vid": axial_angles(vid_pos, self.freqs), "txt": axial_angles(txt_pos, self.freqs)}
+        return {name: rotation_table(axial_angles(pos, self.freqs)) for name, pos in (("vid", vid_pos), ("txt", txt_pos))}
 
 
 class Attention(nn.Module):
@@ -258,13 +263,13 @@ class Attention(nn.Module):
         return self.norm_q.get(stream)(q), self.norm_k.get(stream)(k), v
 
     def forward(self, vid: torch.Tensor, txt: torch.Tensor, ctx: BlockContext) -> tuple[torch.Tensor, torch.Tensor]:
-        layout, plan, angles = ctx.layout(self.window, self.method)
+        layout, plan, rotations = ctx.layout(self.window, self.method)
         vq, vk, vv = self._qkv(vid[layout.order], "vid")
         tq, tk, tv = self._qkv(txt, "txt")
-        vq, vk = apply_rotary(vq, angles["vid"]), apply_rotary(vk, angles["vid"])
+        vq, vk = apply_rotary(vq, rotations["vid"]), apply_rotary(vk, rotations["vid"])
         if self.rotate_text:
-            tq = apply_rotary(tq[layout.txt_source], angles["txt"])
-            tk = apply_rotary(tk[layout.txt_source], angles["txt"])
+            tq = apply_rotary(tq[layout.txt_source], rotations["txt"])
+            tk = apply_rotary(tk[layout.txt_source], rotations["txt"])
         q, k, v = (torch.cat([a, b])[layout.gather] for a, b in ((vq, tq), (vk, tk), (vv, tv)))
         out = varlen_attention(q, k, v, plan).flatten(1)
         vid_out = out[layout.vid_rows][layout.inverse]
@@ -344,6 +349,8 @@ class NaDiT(nn.Module):
         timestep: torch.Tensor | float,
     ) -> torch.Tensor:
         patches, t, ctx, shapes = self.prepare(vid, txt, vid_shape, txt_shape, timestep)
+        for block in self.blocks:  # layouts and their index maps (host work) before any block runs
+            ctx.layout(block.attn.window, block.attn.method)
         x = self.vid_in(patches)
         for block in self.blocks:
             x, t = block(x, t, ctx)

@@ -1,4 +1,4 @@
-"""Rotary position embeddings of the NaDiT, computed directly from positions (no cached tables).
+"""Rotary position embeddings of the NaDiT, computed from positions once per window layout.
 
 Both models rotate interleaved channel pairs (2j, 2j+1) of the leading channels of each head, in
 float32, with three axial groups (t, h, w) of frequencies:
@@ -41,10 +41,15 @@ def window_linspace(local: torch.Tensor, extent: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def apply_rotary(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """Rotate the first 2*P channels of x [L, H, D] by angles [L, P], in float32; the rest pass through."""
-    rot = 2 * angles.shape[-1]
+def rotation_table(angles: torch.Tensor) -> torch.Tensor:
+    """[L, 2, P] float32 cos and sin of angles [L, P]: computed once per layout, read by every block."""
+    return torch.stack((angles.cos(), angles.sin()), dim=1)
+
+
+def apply_rotary(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Rotate the first 2*P channels of x [L, H, D] by a `rotation_table` [L, 2, P], in float32; the rest pass through."""
+    rot = 2 * table.shape[-1]
     x0, x1 = x[..., :rot].float().unflatten(-1, (-1, 2)).unbind(-1)
-    cos, sin = angles.cos()[:, None], angles.sin()[:, None]
+    cos, sin = table[:, None, 0], table[:, None, 1]
     rotated = torch.stack((x0 * cos - x1 * sin, x1 * cos + x0 * sin), dim=-1).flatten(-2)
     return torch.cat([rotated.to(x.dtype), x[..., rot:]], dim=-1)

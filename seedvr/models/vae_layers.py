@@ -17,6 +17,9 @@ from torch import Tensor, nn
 StreamCache = dict[nn.Module, Tensor]
 
 NORM_EPS = 1e-6
+# Attention scores one SDPA call may hold (query rows x keys): 2**26 is 256 MiB in fp32. A 1080p frame's
+# mid-block has 32,400 tokens, whose full score matrix would be 4 GiB; chunks of queries bound it.
+ATTENTION_SCORE_BUDGET = 1 << 26
 LEGACY_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 
 
@@ -121,7 +124,8 @@ def _rename_legacy_attention_keys(
 class FrameAttention(nn.Module):
     """Single-head self-attention over the h·w tokens of each frame, with a residual (mid-block attention).
 
-    Frames are attended one at a time so that only one frame's attention is ever alive.
+    Frames are attended one at a time and queries in chunks, so the extra memory is O(h·w x chunk)
+    whatever kernel SDPA picks (the head dimension, 512, is beyond some fused kernels).
     """
 
     def __init__(self, channels: int, groups: int):
@@ -136,15 +140,21 @@ class FrameAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = torch.empty_like(x)
         for t in range(x.shape[2]):
-            out[:, :, t] = self._attend(x[:, :, t])
+            frame = x[:, :, t]
+            b, c, h, w = frame.shape
+            tokens = self.group_norm(frame).flatten(2).transpose(1, 2).unsqueeze(1)  # [B, 1 head, h·w, C]
+            attended = self._attend(self.to_q(tokens), self.to_k(tokens), self.to_v(tokens))
+            out[:, :, t] = frame + self.to_out[0](attended).squeeze(1).transpose(1, 2).reshape(b, c, h, w)
         return out
 
-    def _attend(self, frame: Tensor) -> Tensor:
-        b, c, h, w = frame.shape
-        tokens = self.group_norm(frame).flatten(2).transpose(1, 2)  # [B, h·w, C]
-        q, k, v = self.to_q(tokens), self.to_k(tokens), self.to_v(tokens)
-        attended = self.to_out[0](F.scaled_dot_product_attention(q, k, v))  # scale 1/sqrt(C)
-        return frame + attended.transpose(1, 2).reshape(b, c, h, w)
+    @staticmethod
+    def _attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Softmax attention of 4-D [B, 1, n, C] tensors (scale 1/sqrt(C)), in chunks of query rows."""
+        rows = max(1, ATTENTION_SCORE_BUDGET // k.shape[2])
+        out = torch.empty_like(q)
+        for start in range(0, q.shape[2], rows):
+            out[:, :, start : start + rows] = F.scaled_dot_product_attention(q[:, :, start : start + rows], k, v)
+        return out
 
 
 class ResnetBlock(nn.Module):

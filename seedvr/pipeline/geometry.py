@@ -9,6 +9,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .prefetch import to_host
+
 GRID = 16
 """The VAE downsamples by 8 and the DiT patches latents by 2: frames must be multiples of 16."""
 
@@ -100,4 +102,4 @@ def to_uint8_hwc(frames: torch.Tensor) -> torch.Tensor:
     Same order of operations as the official post-processing: clamp, ``*0.5 + 0.5``, ``*255``, round.
     """
     frames = frames.permute(0, 2, 3, 1).float().clamp(-1.0, 1.0)
-    return frames.mul(0.5).add(0.5).mul(255.0).round().to(torch.uint8).cpu()
+    return to_host(frames.mul(0.5).add(0.5).mul(255.0).round().to(torch.uint8))

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from seedvr import media
-
 from . import geometry, sampling
 from .colorfix import COLOR_FIXES, color_fix
+from .faults import retry_transient
 from .noise import window_noise
+from .prefetch import BackgroundWriter, prefetch, to_device
 from .temporal import Crossfade, check_window, default_overlap, floor_4n1, iter_windows, pad_to_4n1, plan_windows
 from .tiling import SPATIAL_FACTOR, TileMap, Tiling, in_order, vae_decode, vae_encode
 
@@ -44,6 +44,9 @@ CPU_BUDGET_BYTES = 4 << 30  # a conservative budget on CPU, where free memory sa
 MIN_WINDOW, MAX_WINDOW = 5, 101
 AUTO_TILE = 512
 READ_CHUNK = 8  # frames decoded at a time
+# Decode the next window and encode the previous one in background threads while the models work
+# (prefetch.py); False runs the stages one after the other in one thread, with the same output.
+PIPELINED = True
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,11 @@ class RestoreOptions:
             raise ValueError(f"color_fix must be one of {', '.join(COLOR_FIXES)}, got {self.color_fix!r}")
         if self.batch_frames is not None:
             check_window(self.batch_frames, self.overlap_frames or 0)
+        elif self.overlap_frames is not None and self.overlap_frames >= MIN_WINDOW:
+            raise ValueError(
+                f"overlap_frames must be below {MIN_WINDOW} without batch_frames (the automatic window can be as "
+                f"small as {MIN_WINDOW} frames), got {self.overlap_frames}: give batch_frames too"
+            )
         if self.overlap_frames is not None and self.overlap_frames < 0:
             raise ValueError(f"overlap_frames must be >= 0, got {self.overlap_frames}")
         if self.vae_tile:
@@ -125,6 +133,7 @@ class Progress:
     windows: int
     frames_done: int
     frames_total: int
+    window_pixels: int = 0  # padded output pixels times frames of a full window: its work, for a watchdog
 
 
 class Cancelled(Exception):
@@ -164,13 +173,23 @@ class Plan:
     def windows(self) -> int:
         return len(plan_windows(max(self.frames, 1), self.window, self.overlap))
 
+    @property
+    def window_pixels(self) -> int:
+        height, width = self.padded_size
+        return self.window * height * width
+
 
 def memory_budget(device: torch.device | str) -> int:
-    """Bytes a window may use: a fraction of the free CUDA memory, or a fixed CPU budget."""
+    """Bytes a window may use: a fraction of the free CUDA memory, or a fixed CPU budget.
+
+    Memory PyTorch keeps cached from an earlier job (reserved but not allocated) counts as free: the
+    driver reports it as used, and the same request must get the same plan on a fresh or a used worker.
+    """
     device = torch.device(device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free * MEMORY_FRACTION)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int((free + cached) * MEMORY_FRACTION)
     return CPU_BUDGET_BYTES
 
 
@@ -229,6 +248,7 @@ class Stages:
     windows: int
     frames_total: int
     progress: Callable[[Progress], None] | None = None
+    window_pixels: int = 0
     window: int = 0
     frames_done: int = 0
     timings: dict[str, float] = field(default_factory=lambda: defaultdict(float))
@@ -236,18 +256,27 @@ class Stages:
     def report(self, stage: str) -> None:
         if self.progress is not None:
             windows, total = max(self.windows, self.window), max(self.frames_total, self.frames_done)
-            self.progress(Progress(stage, self.window, windows, self.frames_done, total))
+            self.progress(Progress(stage, self.window, windows, self.frames_done, total, self.window_pixels))
 
     @contextmanager
     def __call__(self, stage: str, report: bool = True):
         if report:
             self.report(stage)
+        with self.host(stage):
+            try:
+                yield
+            finally:
+                if torch.device(self.device).type == "cuda":
+                    torch.cuda.synchronize(self.device)
+
+    @contextmanager
+    def host(self, stage: str):
+        """Time host-only work (decoding, encoding), which may run in a background thread: no CUDA
+        synchronisation, which would wait for the models' work. Each stage is timed by one thread."""
         start = time.perf_counter()
         try:
             yield
         finally:
-            if torch.device(self.device).type == "cuda":
-                torch.cuda.synchronize(self.device)
             self.timings[stage] += time.perf_counter() - start
 
 
@@ -273,11 +302,12 @@ def preprocess(frames: np.ndarray, plan: Plan, device: torch.device | str) -> to
     """
     resized = []
     for frame in frames:
-        x = torch.from_numpy(np.ascontiguousarray(frame)).to(device).permute(2, 0, 1).unsqueeze(0)
+        x = to_device(frame, device).permute(2, 0, 1).unsqueeze(0)
         resized.append(geometry.resize(geometry.to_unit_float(x), plan.size))
     return geometry.to_model_range(geometry.pad_to_grid(torch.cat(resized), plan.pads))
 
 
+@retry_transient
 @torch.inference_mode()
 def restore_window(
     frames: np.ndarray,
@@ -323,7 +353,7 @@ def _timed(chunks: Iterable[np.ndarray], stages: Stages, stage: str) -> Iterator
     """Count the time spent producing each chunk (decoding the input) as ``stage``."""
     iterator = iter(chunks)
     while True:
-        with stages(stage, report=False):
+        with stages.host(stage):
             chunk = next(iterator, None)
         if chunk is None:
             return
@@ -367,6 +397,8 @@ def _resolve_kind(detected: str, requested: str) -> str:
     if requested not in ("auto", "video", "image"):
         raise ValueError(f"media_type must be auto, video or image, got {requested!r}")
     if requested != "auto" and requested != detected:
+        from seedvr import media  # here, not at the top: the model-level path runs without PyAV
+
         raise media.MediaError(f"media_type is {requested!r} but the input decodes as an {detected}")
     return detected
 
@@ -380,6 +412,8 @@ def _frame_rate(fps: float | Fraction) -> Fraction:
 
 
 def _write_image(restored: Iterator[np.ndarray], dst: Path, fmt: str, stages: Stages) -> int:
+    from seedvr import media
+
     (frame,) = list(restored)
     with stages("write"):
         media.write_image(dst, frame[0], fmt)
@@ -388,11 +422,16 @@ def _write_image(restored: Iterator[np.ndarray], dst: Path, fmt: str, stages: St
 
 
 def _write_video(restored: Iterator[np.ndarray], writer, stages: Stages) -> int:
-    """Write restored chunks as they come; the writer's context closes the file (and muxes audio)."""
-    with writer:
+    """Encode restored chunks as they come, behind the models (one window may wait); the writer's
+    context then closes the file (and muxes audio). ``frames_done`` counts frames handed to the encoder."""
+
+    def encode(chunk: np.ndarray) -> None:
+        with stages.host("write"):
+            writer.write(chunk)
+
+    with writer, BackgroundWriter(encode, 1 if PIPELINED else 0, "seedvr-encode") as encoder:
         for chunk in restored:
-            with stages("write", report=False):
-                writer.write(chunk)
+            encoder.put(chunk)
             stages.frames_done += len(chunk)
             stages.report("write")
     return stages.frames_done
@@ -423,28 +462,35 @@ def restore_file(
     :class:`Cancelled`) the partial ``dst`` is removed. ``write=False`` restores every window but
     drops the frames: the other ranks of a sequence-parallel group, whose main rank writes ``dst``.
     """
+    from seedvr import media
+
     started = time.perf_counter()
     src, dst = Path(src), Path(dst)
     info = media.probe(src)
     kind = _resolve_kind(info.kind, media_type)
     plan = make_plan(info.height, info.width, 1 if kind == "image" else info.frames, models, options)
-    stages = Stages(models.device, plan.windows, plan.frames, progress)
+    stages = Stages(models.device, plan.windows, plan.frames, progress, plan.window_pixels)
     out_fps = None if kind == "image" else _frame_rate(fps) if fps else info.fps
     try:
         if kind == "image":
-            restored = restore_frames([media.read_image(src)[None]], models, options, plan, stages, should_cancel)
+            with stages("decode", report=False):
+                image = media.read_image(src)[None]
+            restored = restore_frames([image], models, options, plan, stages, should_cancel)
             frames = _write_image(restored, dst, output_format or "png", stages) if write else _drop(restored)
         else:
-            chunks = _timed(media.iter_video(src, READ_CHUNK), stages, "decode")
-            restored = restore_frames(chunks, models, options, plan, stages, should_cancel)
-            if write:
-                audio_from = src if keep_audio and info.has_audio else None
-                writer = media.VideoWriter(
-                    dst, plan.size[1], plan.size[0], out_fps, fmt=output_format or "mp4", crf=crf, audio_from=audio_from
-                )
-                frames = _write_video(restored, writer, stages)
-            else:
-                frames = _drop(restored)
+            ahead = -(-plan.window // READ_CHUNK) if PIPELINED else 0  # chunks of one window
+            decoded = _timed(media.iter_video(src, READ_CHUNK), stages, "decode")
+            with prefetch(decoded, ahead, "seedvr-decode") as chunks:
+                restored = restore_frames(chunks, models, options, plan, stages, should_cancel)
+                if write:
+                    audio_from = src if keep_audio and info.has_audio else None
+                    writer = media.VideoWriter(
+                        dst, plan.size[1], plan.size[0], out_fps, fmt=output_format or "mp4", crf=crf,
+                        audio_from=audio_from,
+                    )
+                    frames = _write_video(restored, writer, stages)
+                else:
+                    frames = _drop(restored)
     except BaseException:
         if write:
             dst.unlink(missing_ok=True)

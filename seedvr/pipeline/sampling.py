@@ -78,7 +78,10 @@ def sample(
     cfg_scale: float = 1.0,
     cfg_rescale: float = 0.0,
 ) -> torch.Tensor:
-    """Euler sampling from ``noise`` (x_T) to x_0, fp32 result. One DiT call per step (two with CFG)."""
+    """Euler sampling from ``noise`` (x_T) to x_0, fp32 result. One DiT call per step (two with CFG).
+
+    Between steps ``x_t`` stays float32, as in the official code; the DiT rounds its input itself.
+    """
     if cfg_scale != 1.0 and text_neg is None:
         raise ValueError("cfg_scale != 1 needs the negative text embedding (neg_emb.pt)")
     timesteps = sampling_timesteps(steps).to(noise.device)
@@ -91,5 +94,5 @@ def sample(
             v = classifier_free_guidance(v, neg, cfg_scale, cfg_rescale)
         x_0, x_T = endpoints_from_v(v, x_t, t)
         if i + 1 < len(timesteps):
-            x_t = lerp(x_0, x_T, timesteps[i + 1]).to(noise.dtype)
+            x_t = lerp(x_0, x_T, timesteps[i + 1])
     return x_0

@@ -9,9 +9,9 @@ GPU work to one job at a time, including a cancelled job's thread that is still 
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -21,28 +21,31 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 import seedvr
 from seedvr.checkpoints import CheckpointError
 from seedvr.manager import ManagerConfig, ModelManager, ModelNotReady, ModelSpec
-from seedvr.media import MediaError, MediaInfo, probe
-from seedvr.pipeline import Cancelled, RestoreOptions, RestoreResult, restore_file
+from seedvr.media import MediaError, MediaInfo, MediaTooLarge, probe
+from seedvr.models.compiled import compile_regions
+from seedvr.pipeline import Cancelled, RestoreOptions, RestoreResult, make_plan, restore_file, restore_frames
+from seedvr.pipeline.restore import Stages
 from seedvr.pipeline.geometry import output_size
 
 from . import media_in, media_out
 from .errors import ErrorCode, WorkerError, classify_failure, error_response
 from .progress import ProgressReporter, Sender, default_sender
 from .ranks import GroupConfig, RankFailure, RankGroup
-from .schema import IMAGE_FORMATS, VIDEO_FORMATS, HealthRequest, InitializeRequest, RestoreRequest, parse_request
-from .settings import BucketConfig, WorkerSettings
+from .schema import FORMATS_BY_KIND, HealthRequest, InitializeRequest, RestoreRequest, parse_request
+from .settings import BucketConfig, SettingsError, WorkerSettings, compile_requested
+from .watchdog import Stalled, Watchdog, run_watched
+from .weights import Weights
 
 log = logging.getLogger("seedvr.worker")
 
 DEFAULT_FORMATS = {"video": "mp4", "image": "png"}
-CPU_SP_MAX_ENV = "SEEDVR_CPU_SP_MAX"  # sequence-parallel ranks allowed without CUDA (gloo; tests)
 A_KIND = {"video": "a video", "image": "an image"}
-FORMATS_BY_KIND = {"video": VIDEO_FORMATS, "image": IMAGE_FORMATS}
 
 
 def gpu_info() -> dict[str, Any]:
@@ -68,10 +71,17 @@ class Worker:
         self.sender = sender or default_sender()
         self._gpu = threading.Lock()
         self.group: RankGroup | None = None  # the resident model when sp_size > 1
+        self.weights = Weights(manager)
+        self._stuck: threading.Thread | None = None  # a stalled job's thread that never returned
 
     @classmethod
     def from_env(cls) -> "Worker":
-        return cls(ModelManager(ManagerConfig.from_env()), WorkerSettings.from_env())
+        """Every setting is read and checked here, once; a bad one raises SettingsError naming it."""
+        try:
+            config, settings = ManagerConfig.from_env(), WorkerSettings.from_env()
+        except ValueError as err:
+            raise SettingsError(str(err)) from None
+        return cls(ModelManager(config), settings)
 
     # ------------------------------------------------------------------ entry points
 
@@ -93,10 +103,16 @@ class Worker:
             request = parse_request(job.get("input"))
             if isinstance(request, HealthRequest):
                 return self.health()
+            self.weights.wait(
+                self.settings.weights_wait,
+                partial(self.sender, job),
+                self.settings.progress_interval,
+                cancel.is_set,
+            )
             with self._gpu:
                 if isinstance(request, InitializeRequest):
                     return self.initialize(request)
-                return self.restore(job, request, cancel)
+                return self._restore_watched(job, request, cancel)
         except Exception as exc:  # noqa: BLE001 - the contract: one string error, never a traceback
             error = classify_failure(_known_failure(exc), job_id)
             if error.refresh_worker or error.code is ErrorCode.CANCELLED:
@@ -120,10 +136,12 @@ class Worker:
             "status": "healthy",
             "model_initialized": loaded,
             "model_type": resident.model_type if resident else None,
-            "model_variant": resident.variant if resident else None,
-            "sp_size": resident.sp_size if resident else None,
+            # before any load: what a restore without model fields would use (the contract's defaults)
+            "model_variant": resident.variant if resident else self.manager.config.default_variant,
+            "sp_size": resident.sp_size if resident else 1,
             **gpu_info(),
             "checkpoints": self.manager.checkpoint_status(),
+            "weights": self.weights.describe(),
             "version": seedvr.__version__,
         }
 
@@ -133,6 +151,8 @@ class Worker:
             model_type, request.model_variant or self.manager.default_variant(model_type), request.sp_size or 1
         )
         seconds = self._ensure(spec)
+        if spec.sp_size == 1 and compile_requested():
+            seconds += self._compile_resident()
         return {
             "message": f"Model {spec.model_type} ({spec.variant}) initialized successfully",
             "model_type": spec.model_type,
@@ -142,14 +162,42 @@ class Worker:
             "load_seconds": round(seconds, 3),
         }
 
-    def restore(self, job: dict[str, Any], request: RestoreRequest, cancel: threading.Event) -> dict[str, Any]:
+    def _restore_watched(self, job: dict[str, Any], request: RestoreRequest, cancel: threading.Event) -> dict[str, Any]:
+        """`restore` in a thread of its own, under the watchdog (watchdog.py). A stall kills the ranks and
+        ends the job with refresh_worker; while its thread is stuck, this worker takes no other job."""
+        if self._stuck is not None and self._stuck.is_alive():
+            raise WorkerError(
+                ErrorCode.INTERNAL, "A stalled job still holds this worker; it is being replaced", refresh_worker=True
+            )
+        settings = self.settings
+        watchdog = Watchdog(settings.watchdog_margin, settings.watchdog_min_seconds, self.manager.device.type)
+
+        def stop() -> None:
+            cancel.set()
+            group, self.group = self.group, None
+            if group is not None:
+                group.stop(graceful=False)
+
+        try:
+            return run_watched(partial(self.restore, job, request, cancel, watchdog), watchdog, stop)
+        except Stalled as stall:
+            self._stuck = stall.thread if stall.thread.is_alive() else None
+            log.error("job %s: %s", job.get("id"), stall.message)
+            raise WorkerError(ErrorCode.INTERNAL, stall.message, refresh_worker=True) from None
+
+    def restore(
+        self, job: dict[str, Any], request: RestoreRequest, cancel: threading.Event, watchdog: Watchdog
+    ) -> dict[str, Any]:
         start = time.perf_counter()
         options = self._options(request)
         spec = self._restore_spec(request)
         self.manager.check_files(spec)
         bucket = self._bucket(job)
-        if request.output_mode == "upload" and (problem := media_out.bucket_problem(bucket)):
+        problem = media_out.bucket_problem(bucket)
+        if request.output_mode == "upload" and problem:
             raise WorkerError(ErrorCode.INVALID_INPUT, f"output_mode upload needs a bucket: {problem}")
+        if request.output_mode != "inline" and bucket is not None and not problem:
+            self._check_bucket(bucket, needed=request.output_mode == "upload" or bucket is not self.settings.bucket)
         workdir = Path(tempfile.mkdtemp(prefix=f"seedvr-{_safe_name(job.get('id', 'local'))}-"))
         progress = ProgressReporter(job, self.sender, self.settings.progress_interval)
         try:
@@ -171,9 +219,10 @@ class Worker:
                 keep_audio=request.keep_audio,
                 output_format=fmt,
                 crf=request.crf,
-                progress=progress,
+                progress=watchdog.arm(progress),
                 should_cancel=cancel.is_set,
             )
+            watchdog.disarm()
             progress.close()
             answer = self._answer(request, spec, result, timings)
             step = time.perf_counter()
@@ -215,6 +264,26 @@ class Worker:
             self.group = None
             raise
 
+    def _compile_resident(self) -> float:
+        """Compile the resident model's blocks once and warm them up on a small clip; returns the seconds.
+
+        Compiled graphs are shape-generic (dynamic), so the warm-up's size need not match the jobs'.
+        """
+        models = self.manager.models
+        if getattr(models.dit, "seedvr_compiled", False):
+            return 0.0
+        start = time.perf_counter()
+        compile_regions(models.dit, models.vae)
+        options = RestoreOptions(res_h=128, res_w=192, batch_frames=5, vae_tile=0)
+        plan = make_plan(96, 160, 5, models, options)
+        frames = np.random.default_rng(0).integers(0, 256, (5, 96, 160, 3), dtype=np.uint8)
+        for _ in restore_frames([frames], models, options, plan, Stages(models.device, plan.windows, plan.frames)):
+            pass
+        models.dit.seedvr_compiled = True
+        seconds = time.perf_counter() - start
+        log.info("SEEDVR_COMPILE: DiT and VAE blocks compiled and warmed up in %.1f s", seconds)
+        return seconds
+
     def stop_ranks(self) -> None:
         """End the sequence-parallel rank processes, if any (their model goes with them)."""
         if self.group is not None:
@@ -225,10 +294,7 @@ class Worker:
         """How many ranks this machine can run: one per GPU; on the CPU SEEDVR_CPU_SP_MAX (default 1)."""
         if self.manager.device.type == "cuda":
             return max(1, torch.cuda.device_count()), "the number of GPUs"
-        try:
-            return max(1, int(os.environ.get(CPU_SP_MAX_ENV, "1"))), f"{CPU_SP_MAX_ENV} on a CPU worker"
-        except ValueError:
-            raise WorkerError(ErrorCode.INTERNAL, f"{CPU_SP_MAX_ENV} must be an integer") from None
+        return self.settings.cpu_sp_max, "SEEDVR_CPU_SP_MAX on a CPU worker"
 
     def _spec(self, model_type: str, variant: str, sp_size: int) -> ModelSpec:
         variants = self.manager.variants(model_type)
@@ -259,6 +325,17 @@ class Worker:
             return BucketConfig.from_job(s3_config)
         return self.settings.bucket
 
+    def _check_bucket(self, bucket: BucketConfig, needed: bool) -> None:
+        """A bucket that would refuse the output refuses the job now, before any work, when the job surely
+        uploads or the client sent the bucket itself (s3Config). The endpoint's own bucket in auto mode only
+        warns: outputs small enough to return inline still succeed while the operator fixes it."""
+        try:
+            media_out.check_bucket(bucket)
+        except WorkerError as err:
+            if needed:
+                raise
+            log.warning("the endpoint's bucket is unusable; outputs too large to return inline will fail: %s", err)
+
     def _fetch(self, request: RestoreRequest, workdir: Path) -> Path:
         limits = self.settings.limits
         field = request.media_field
@@ -274,15 +351,21 @@ class Worker:
 
     def _check_input(self, source: Path, request: RestoreRequest) -> MediaInfo:
         """Everything that can be refused from the file's header is refused here, before the model runs."""
+        limits = self.settings.limits
         try:
-            info = probe(source)
+            info = probe(source, max_pixels=limits.max_input_pixels)
+        except MediaTooLarge as err:
+            raise WorkerError(
+                ErrorCode.TOO_LARGE,
+                f"input is {err.width}x{err.height} = {err.width * err.height:,} pixels per frame, "
+                f"over MAX_INPUT_PIXELS={err.limit:,}",
+            ) from None
         except MediaError as err:
             raise WorkerError(ErrorCode.UNSUPPORTED_MEDIA, f"Unsupported media: {err}") from None
         if request.media_type != "auto" and info.kind != request.media_type:
             raise WorkerError(
                 ErrorCode.UNSUPPORTED_MEDIA, f"media_type is {request.media_type} but the input is {A_KIND[info.kind]}"
             )
-        limits = self.settings.limits
         if info.frames > limits.max_frames:
             raise WorkerError(
                 ErrorCode.TOO_LARGE, f"input has {info.frames:,} frames, over MAX_FRAMES={limits.max_frames:,}"
@@ -293,6 +376,12 @@ class Worker:
                 ErrorCode.TOO_LARGE,
                 f"output would be {width}x{height} = {height * width:,} pixels per frame, "
                 f"over MAX_OUTPUT_PIXELS={limits.max_output_pixels:,}",
+            )
+        if max(height, width) > limits.max_output_side:
+            raise WorkerError(
+                ErrorCode.TOO_LARGE,
+                f"output would be {width}x{height} (the input's {info.width}x{info.height} aspect ratio), "
+                f"a side over MAX_OUTPUT_SIDE={limits.max_output_side:,}",
             )
         allowed = FORMATS_BY_KIND[info.kind]
         if request.output_format is not None and request.output_format not in allowed:
@@ -356,6 +445,8 @@ class Worker:
 
 def _known_failure(exc: Exception) -> Exception:
     """Map the lower floors' exceptions onto the contract's codes; others stay as they are."""
+    if _disk_full(exc):  # the worker's fault, not the media's; the message must not show the job's paths
+        return WorkerError(ErrorCode.INTERNAL, "Processing failed: no space left on the worker's disk")
     if isinstance(exc, ModelNotReady):
         return WorkerError(ErrorCode.MODEL_NOT_READY, str(exc))
     if isinstance(exc, Cancelled):
@@ -369,5 +460,15 @@ def _known_failure(exc: Exception) -> Exception:
     return exc
 
 
+def _disk_full(exc: BaseException | None) -> bool:
+    """ENOSPC anywhere in the chain (media code wraps OSErrors in MediaError)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        exc = exc.__cause__
+    return False
+
+
 def _safe_name(job_id: Any) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", str(job_id))[:80] or "job"
+    """A job id as one harmless path component and bucket key segment: no separators, no dots (no `..`)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", str(job_id))[:80] or "job"
