@@ -11,9 +11,14 @@ Reports per stage the wall time (summed over windows), output frames per second,
 of each stage (or the process's peak RSS on the CPU), and the DiT's achieved TFLOP/s computed from the
 model's shapes (matmuls and the attention core, as in shared/spec/seedvr2.md §9).
 
+Under `torchrun --nproc-per-node N ... --sp-size N` the ranks restore one job together
+(`seedvr.parallel.restore_file`, as the CLI does) and rank 0 reports, with every rank's peak memory;
+scripts/bench_parallel.py times such a run against one process.
+
 Examples:
   python scripts/bench.py --model tiny --frames 9 --in-size 64x48 --res 96x64
   python scripts/bench.py --model 3b --device cuda --dtype bf16 --frames 21 --in-size 640x360 --res 1280x720
+  torchrun --nproc-per-node 2 scripts/bench.py --model 3b --dit-layers 4 --device cpu --vae-tile 0 --sp-size 2
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from seedvr.models import build_dit, build_vae  # noqa: E402
 from seedvr.models.layers import cast_model  # noqa: E402
 from seedvr.models.nadit import NaDiTParams, model_frequencies  # noqa: E402
 from seedvr.models.windows import make_windows  # noqa: E402
-from seedvr.pipeline import RestorationModels, RestoreOptions, make_plan, restore_file  # noqa: E402
+from seedvr.pipeline import RestorationModels, RestoreOptions, make_plan  # noqa: E402
 from seedvr.pipeline.temporal import padded_length, plan_windows  # noqa: E402
 
 FIXTURES = REPO / "tests" / "fixtures"
@@ -94,10 +99,9 @@ def random_init_(module: torch.nn.Module, seed: int) -> None:
             fan_in = math.prod(param.shape[1:])
             values = torch.randn(param.shape, generator=gen, device=device) / math.sqrt(fan_in)
         elif "norm" in name or name.endswith("scale") or name.endswith("weight"):
-            values = torch.ones(param.shape)
+            param.fill_(1)
         else:
-            values = torch.zeros(param.shape)
-        param.copy_(values.to(param.dtype))
+            param.zero_()
 
 
 def _materialize(module: torch.nn.Module, device: torch.device, dtype: torch.dtype, seed: int) -> torch.nn.Module:
@@ -120,6 +124,8 @@ def build_models(args: argparse.Namespace) -> tuple[RestorationModels, NaDiTPara
     else:
         config = yaml.safe_load((REPO / f"configs_{args.model}" / "main.yaml").read_text())
         arch, dit_cfg, vae_cfg = config["dit"]["arch"], config["dit"]["model"], config["vae"]["model"]
+        if args.dit_layers:
+            dit_cfg = first_layers(dit_cfg, args.dit_layers)
         scaling = config["vae"]["scaling_factor"]
         weights = None
         if args.ckpt_dir:
@@ -147,6 +153,14 @@ def build_models(args: argparse.Namespace) -> tuple[RestorationModels, NaDiTPara
     return RestorationModels(dit=dit, vae=vae, text_emb=text, scaling_factor=scaling, device=device, dtype=dtype), dit_params(dit)
 
 
+def first_layers(dit_cfg: dict, layers: int) -> dict:
+    """A DiT config cut to its first `layers` blocks (full width): a cheaper model of the same shape."""
+    if not 1 <= layers <= dit_cfg["num_layers"]:
+        raise ValueError(f"--dit-layers must be between 1 and {dit_cfg['num_layers']}, got {layers}")
+    per_layer = {k: v[:layers] for k, v in dit_cfg.items() if isinstance(v, list) and len(v) == dit_cfg["num_layers"]}
+    return {**dit_cfg, **per_layer, "num_layers": layers}
+
+
 def dit_params(dit: torch.nn.Module) -> NaDiTParams:
     return getattr(dit, "_orig_mod", dit).params
 
@@ -168,6 +182,9 @@ def pattern_frames(frames: int, size: tuple[int, int]) -> np.ndarray:
 def write_clip(path: Path, frames: int, size: tuple[int, int], fps: Fraction) -> None:
     from seedvr import media  # here: gpu_check.py imports this module on machines without PyAV
 
+    if path.suffix == ".png":  # an image: the first frame
+        media.write_image(path, pattern_frames(1, size)[0], "png")
+        return
     with media.VideoWriter(path, *size, fps, fmt="mp4", crf=18) as writer:
         writer.write(pattern_frames(frames, size))
 
@@ -226,28 +243,48 @@ class Report:
     tiling: str | None
     seconds: dict[str, float]
     peak_memory_mb: dict[str, float]
+    sp_size: int
+    rank_peak_memory_mb: list[float]  # per rank: peak GPU memory allocated, or peak RSS on the CPU
     output_fps: float
     dit_gflop: float
     dit_tflops_per_s: float
     command: str
 
 
-def run(args: argparse.Namespace) -> Report:
+def rank_peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def run(args: argparse.Namespace, ranks: parallel.Ranks) -> Report:
+    from seedvr import parallel  # here: gpu_check.py imports this module on machines without PyAV
     if args.attention != "auto":
         os.environ["SEEDVR_ATTENTION"] = args.attention
     torch.manual_seed(0)
+    args.device = str(ranks.device) if ranks.group is not None else args.device
     models, params = build_models(args)
     options = RestoreOptions(
         res_h=args.res[1], res_w=args.res[0], scale=args.scale, color_fix=args.color_fix,
         batch_frames=args.batch_frames, overlap_frames=args.overlap_frames, vae_tile=args.vae_tile,
     )
+    image = args.frames == 1
     with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "in.mp4", Path(tmp) / "out.mp4"
-        write_clip(src, args.frames, args.in_size, Fraction(24))
+        src = Path(tmp) / ("in.png" if image else "in.mp4")
+        if ranks.is_main:
+            write_clip(src, args.frames, args.in_size, Fraction(24))
+        src = parallel.broadcast_object(src, ranks)  # every rank restores the main rank's clip
+        dst = Path(tmp) / ("out.png" if image else "out.mp4")
         for _ in range(args.warmup):
-            restore_file(src, dst, models, options)
+            parallel.restore_file(src, dst, models, options, ranks)
         memory = PeakMemory(models)
-        result = restore_file(src, dst, memory.wrap(), options)
+        # The per-call memory wrappers stand in for the models, which a split DiT needs as they are.
+        measured = memory.wrap() if ranks.group is None else models
+        result = parallel.restore_file(src, dst, measured, options, ranks)
+    rank_peaks = [rank_peak_mb(models.device)]
+    if ranks.group is not None:
+        rank_peaks = [None] * ranks.size
+        torch.distributed.all_gather_object(rank_peaks, rank_peak_mb(models.device), group=ranks.group)
     plan = make_plan(args.in_size[1], args.in_size[0], args.frames, models, options)
     flops = dit_flops_total(params, plan, args.frames)
     seconds = {stage: round(result.timings.get(stage, 0.0), 4) for stage in (*STAGES, "total")}
@@ -255,14 +292,14 @@ def run(args: argparse.Namespace) -> Report:
         peaks = {stage: round(v / 2**20, 1) for stage, v in memory.peaks.items()}
         gpu = torch.cuda.get_device_name(models.device)
     else:
-        peaks = {"process_rss": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+        peaks = {"process_rss": rank_peaks[0]}
         gpu = None
     return Report(
         model=args.model, device=str(models.device), gpu=gpu, dtype=args.dtype, attention=args.attention,
         compile=args.compile, input=f"{args.in_size[0]}x{args.in_size[1]}",
         output=f"{result.output_size[0]}x{result.output_size[1]}", frames=result.frames,
         window=plan.window, overlap=plan.overlap, tiling=None if plan.tiling is None else str(plan.tiling.tile),
-        seconds=seconds, peak_memory_mb=peaks,
+        seconds=seconds, peak_memory_mb=peaks, sp_size=ranks.size, rank_peak_memory_mb=rank_peaks,
         output_fps=round(result.frames / result.timings["total"], 3),
         dit_gflop=float(f"{flops / 1e9:.5g}"),
         dit_tflops_per_s=float(f"{flops / 1e12 / max(result.timings.get('dit', 0.0), 1e-9):.4g}"),
@@ -282,7 +319,8 @@ def markdown(report: Report) -> str:
         rows.append(f"| {stage} | {seconds:.3f} | {peak} |")
     tail = (
         f"\noutput fps {report.output_fps}; DiT {report.dit_gflop} GFLOP at {report.dit_tflops_per_s} TFLOP/s; "
-        f"peak memory {report.peak_memory_mb}\n\n`{report.command}`\n"
+        f"peak memory {report.peak_memory_mb}; {report.sp_size} rank(s), peak MB per rank {report.rank_peak_memory_mb}"
+        f"\n\n`{report.command}`\n"
     )
     return head + "\n".join(rows) + "\n" + tail
 
@@ -296,7 +334,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
     p.add_argument("--attention", choices=("auto", "sdpa", "flash"), default="auto", help="attention kernel (default: auto)")
     p.add_argument("--compile", action="store_true", help="torch.compile the DiT")
-    p.add_argument("--frames", type=int, default=21, help="frames of the synthetic clip (default: 21)")
+    p.add_argument("--dit-layers", type=int, help="cut the 3b/7b DiT to its first N blocks (full width)")
+    p.add_argument("--sp-size", type=int, default=1,
+                   help="ranks restoring the job together; > 1 runs under torchrun --nproc-per-node SP_SIZE")
+    p.add_argument("--frames", type=int, default=21, help="frames of the synthetic clip; 1 = an image (default: 21)")
     p.add_argument("--in-size", type=parse_size, default=(640, 360), help="input WxH (default: 640x360)")
     p.add_argument("--res", type=parse_size, default=(1280, 720),
                    help="output area as WxH; the aspect ratio follows the input (default: 1280x720)")
@@ -313,7 +354,18 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
-    report = run(args)
+    from seedvr import parallel
+
+    ranks = parallel.init_from_env("cuda" if args.device.startswith("cuda") else "cpu")
+    if ranks.size != args.sp_size:
+        raise SystemExit(f"--sp-size {args.sp_size} must equal the number of torchrun processes ({ranks.size})")
+    try:
+        report = run(args, ranks)
+    finally:
+        if ranks.group is not None:
+            torch.distributed.destroy_process_group()
+    if not ranks.is_main:
+        return 0
     text = json.dumps(asdict(report), indent=2)
     if str(args.json) == "-":
         print(text)

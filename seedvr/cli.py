@@ -3,11 +3,13 @@
 Loads the model through the same manager the worker uses (configs_<model>/main.yaml + the flat
 checkpoint folder), restores with a progress bar and prints a short summary. Under
 `torchrun --nproc-per-node N -m seedvr restore ... --sp-size N` every rank loads the model on its own
-GPU and runs the same restoration with the DiT split over the ranks (docs/parallel.md); rank 0
-shows the progress, writes OUTPUT and prints the summary.
+GPU and the ranks share the restoration: temporal windows dealt to them, a window they restore together
+with its DiT split (docs/parallel.md); rank 0 shows the progress, writes OUTPUT and prints the summary
+with each rank's work counts.
 """
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -169,6 +171,8 @@ def restore(args: argparse.Namespace, ranks: parallel.Ranks) -> int:
     print(f"model {spec.model_type} ({spec.variant}) on {manager.device} {manager.dtype}{ranks_text}, "
           f"load {load_seconds:.1f}s")
     print(f"timings: {stages}")
+    if ranks.size > 1:
+        print(f"work per rank: {json.dumps(result.work, sort_keys=True)}")
     return 0
 
 

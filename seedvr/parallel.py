@@ -1,4 +1,8 @@
-"""Sequence parallelism for the NaDiT by windows, and independent VAE pieces dealt to ranks.
+"""Sequence parallelism: temporal windows dealt whole to ranks, the NaDiT split by attention windows.
+
+A video's temporal windows go to the ranks in rounds, one window per rank restored alone
+(`windows_over_ranks`); a window that all ranks restore together (an image, the last windows) has its
+DiT forward split as follows, and its VAE tiles dealt to ranks.
 
 Only attention mixes tokens, and only inside a window (plus the sample's text); norms, modulation,
 projections and MLPs are per token. So each rank owns the video tokens of a contiguous run of whole
@@ -18,24 +22,27 @@ whole file pipeline on every rank of a group (the CLI under torchrun, the worker
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 from seedvr import media, pipeline
+from seedvr.pipeline.restore import Plan, Stages, WindowJob, WindowTask, restore_window
 from seedvr.models.attention import VarlenPlan, make_plan
 from seedvr.models.layers import unpatchify
-from seedvr.models.nadit import ForwardContext, NaDiT
-from seedvr.models.windows import WindowLayout
+from seedvr.models.nadit import BlockContext, ForwardContext, NaDiT
+from seedvr.models.windows import WindowLayout, run_starts
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +63,19 @@ class Ranks:
     def is_main(self) -> bool:
         """Only the main rank writes outputs and answers jobs."""
         return self.rank == 0
+
+    def alone(self) -> Ranks:
+        """This process as a group of one (work it does without the others)."""
+        return Ranks(group=None, rank=0, size=1, device=self.device)
+
+
+# This process's work in the current `restore_file` (reset at its start): tests count each rank's share.
+WORK: Counter[str] = Counter()
+
+
+def count_work(key: str, n: int = 1) -> None:
+    """Add `n` to this process's count of `key` (e.g. "windows", "dit_token_blocks")."""
+    WORK[key] += n
 
 
 def init_from_env(device_type: str | None = None) -> Ranks:
@@ -123,61 +143,20 @@ def _empty_plan(device: torch.device) -> VarlenPlan:
     )
 
 
-def _window_sizes(full: WindowLayout, txt_lens: list[int]) -> torch.Tensor:
-    """Video tokens per window of `full`, in layout order."""
-    window_txt = torch.tensor(txt_lens).repeat_interleave(torch.tensor(full.window_count))
-    return torch.tensor(full.seq_lens) - window_txt
-
-
-def _starts(lengths: torch.Tensor) -> list[int]:
-    """Start offsets of consecutive runs of `lengths`, plus the end."""
-    return F.pad(torch.cumsum(lengths, 0), (1, 0)).tolist()
-
-
-def _local_layout(full: WindowLayout, windows: tuple[int, int], txt_lens: list[int]) -> WindowLayout:
-    """The sub-layout of windows [a, b) of `full`, re-indexed to start at 0.
-
-    Windows are emitted contiguously in the full layout (video rows in window order, packed
-    sequences in window order), so the part is a slice of every index map.
-    """
-    a, b = windows
-    window_sample = torch.repeat_interleave(torch.arange(len(txt_lens)), torch.tensor(full.window_count))
-    vid_start, seq_start, txt_start = (
-        _starts(lengths)
-        for lengths in (_window_sizes(full, txt_lens), torch.tensor(full.seq_lens), torch.tensor(txt_lens)[window_sample])
-    )
-    v0, n, p0, total_vid = vid_start[a], vid_start[b] - vid_start[a], seq_start[a], full.order.numel()
-    gather = full.gather[p0 : seq_start[b]]
-    local_order = torch.arange(n, device=full.order.device)
-    return WindowLayout(
-        order=local_order,
-        local=full.local[v0 : v0 + n],
-        extent=full.extent[v0 : v0 + n],
-        window_count=torch.bincount(window_sample[a:b], minlength=len(txt_lens)).tolist(),
-        seq_lens=full.seq_lens[a:b],
-        gather=torch.where(gather < total_vid, gather - v0, gather - total_vid + n),
-        vid_rows=full.vid_rows[v0 : v0 + n] - p0,
-        txt_rows=full.txt_rows[txt_start[a] : txt_start[b]] - p0,
-        txt_source=full.txt_source,
-        txt_pos=full.txt_pos,
-        inverse=local_order,
-    )
-
-
 def make_shard(ctx: ForwardContext, key: LayoutKey, rank: int, size: int) -> Shard:
     """Split the layout `key` of this forward over `size` ranks and cut out rank `rank`'s part."""
     full, _, angles = ctx.layout(*key)
     device = full.order.device
-    sizes = _window_sizes(full, ctx.txt_lens)
+    sizes = full.video_sizes(ctx.txt_lens)
     bounds = assign_windows(sizes.tolist(), size)
-    rows = [_starts(sizes)[b] for b in bounds]
+    rows = [run_starts(sizes)[b] for b in bounds]
     owner = torch.empty_like(full.order)
     position = torch.empty_like(full.order)
     for r in range(size):
         owner[full.order[rows[r] : rows[r + 1]]] = r
         position[full.order[rows[r] : rows[r + 1]]] = torch.arange(rows[r + 1] - rows[r], device=device)
     v0, v1 = rows[rank], rows[rank + 1]
-    layout = _local_layout(full, (bounds[rank], bounds[rank + 1]), ctx.txt_lens)
+    layout = full.part(bounds[rank], bounds[rank + 1], ctx.txt_lens)
     samples = torch.repeat_interleave(torch.arange(len(ctx.txt_lens), device=device), torch.tensor(ctx.vid_lens, device=device))
     return Shard(
         rows=rows, owner=owner, position=position, tokens=full.order[v0:v1], samples=samples[full.order[v0:v1]],
@@ -214,8 +193,8 @@ def make_exchange(src: Shard, dst: Shard, size: int) -> Exchange:
     )
 
 
-class ShardedContext:
-    """Stands in for `ForwardContext` inside the blocks: this rank's layouts, rows and text reduction."""
+class ShardedContext(BlockContext):
+    """The blocks' context for this rank's share: its layouts, rows and the text reduction over ranks."""
 
     def __init__(self, base: ForwardContext, ranks: Ranks):
         self.base = base
@@ -304,6 +283,8 @@ def run_dit(
     if ranks.group is None:
         if ranks.size != 1:
             raise ValueError(f"ranks.size is {ranks.size} but there is no process group")
+        tokens = int(vid_shape.prod(-1).sum()) // model.params.patch**2
+        count_work("dit_token_blocks", tokens * len(model.blocks))
         return model(vid, txt, vid_shape, txt_shape, timestep)
     patches, t, base, shapes = model.prepare(vid, txt, vid_shape, txt_shape, timestep)
     log.debug("DiT forward split over %d ranks (this is rank %d)", ranks.size, ranks.rank)
@@ -312,6 +293,7 @@ def run_dit(
     x = model.vid_in(patches[ctx.shard.tokens])
     for block in model.blocks:
         x = ctx.enter(_layout_key(block), x)
+        count_work("dit_token_blocks", x.shape[0])
         x, t = block(x, t, ctx)
     return unpatchify(ctx.gather(model.project_out(x, ctx)), shapes, model.params.patch)
 
@@ -330,6 +312,7 @@ def split_work(
     bounds = assign_windows([1] * len(items), ranks.size) if items else [0] * (ranks.size + 1)
     start, stop = bounds[ranks.rank], bounds[ranks.rank + 1]
     mine = {i: fn(items[i]).contiguous() for i in range(start, stop)}
+    count_work("pieces", len(mine))
     meta = [None] * ranks.size
     dist.all_gather_object(meta, {i: (tuple(y.shape), y.dtype) for i, y in mine.items()}, group=ranks.group)
     owners = {i: r for r, m in enumerate(meta) for i in m}
@@ -380,11 +363,6 @@ def sharded_dit(model: NaDiT, ranks: Ranks) -> Callable[..., torch.Tensor]:
     return model if ranks.group is None else partial(_dit_from_main, model, ranks=ranks)
 
 
-def _tiles_over_ranks(fn: Callable[[Any], torch.Tensor], boxes: Sequence[Any], ranks: Ranks) -> list[torch.Tensor]:
-    """VAE tiles dealt to the ranks; every rank gets every tile back (its pipeline goes on with them)."""
-    return split_work(fn, boxes, ranks, everywhere=True)
-
-
 def _agreed_options(
     src: Path, models: pipeline.RestorationModels, options: pipeline.RestoreOptions
 ) -> pipeline.RestoreOptions:
@@ -415,6 +393,99 @@ def _from_main(fn: Callable[[], Any], ranks: Ranks) -> Any:
     return value
 
 
+GroupWindow = Callable[
+    [np.ndarray, pipeline.RestorationModels, pipeline.RestoreOptions, Plan, int, Stages, Ranks], torch.Tensor
+]
+
+
+class RankError(RuntimeError):
+    """Another rank of the group failed; raised on every rank but the one that failed."""
+
+
+FAULT_ENV = "SEEDVR_SP_FAULT"  # "RANK:WINDOW": that rank raises before that (1-based) window; for tests
+
+
+def _injected_fault(ranks: Ranks, job: WindowJob) -> None:
+    if os.environ.get(FAULT_ENV) == f"{ranks.rank}:{job.index}":
+        raise RuntimeError(f"injected fault ({FAULT_ENV}) on rank {ranks.rank} before window {job.index}")
+
+
+def _agree(error: Exception | None, meta: Any, ranks: Ranks) -> list[Any]:
+    """Every rank's `meta` once no rank failed; else raise on every rank (the failing one its own error).
+
+    Called at the end of each round of windows, before any frames move: a rank whose window failed
+    still reaches this collective, so no rank is left waiting for frames that never come.
+    """
+    outcomes = [None] * ranks.size
+    mine = ("failed", f"{type(error).__name__}: {error}") if error is not None else ("ok", meta)
+    dist.all_gather_object(outcomes, mine, group=ranks.group)
+    failed = [(rank, text) for rank, (kind, text) in enumerate(outcomes) if kind == "failed"]
+    if error is not None:
+        raise error
+    if failed:
+        rank, text = failed[0]
+        raise RankError(f"sequence-parallel rank {rank} of {ranks.size} failed: {text}")
+    return [payload for _, payload in outcomes]
+
+
+def _solo_round(
+    round_jobs: list[WindowJob], task: WindowTask, solo: pipeline.RestorationModels, ranks: Ranks
+) -> Iterator[tuple[WindowJob, torch.Tensor]]:
+    """Rank r restores window r of the round alone; the main rank yields them all, in order.
+
+    The other ranks' frames come one window at a time (a rank's `send` waits for the main rank's
+    `recv`), so the main rank holds its own window and one received window at a time.
+    """
+    job, restored, error = round_jobs[ranks.rank], None, None
+    try:
+        _injected_fault(ranks, job)
+        restored = task.restore(job, solo).contiguous()
+        count_work("windows")
+    except Exception as exc:  # noqa: BLE001 - raised again by _agree, on every rank
+        error = exc
+    shapes = _agree(error, None if restored is None else (tuple(restored.shape), restored.dtype), ranks)
+    if not ranks.is_main:
+        dist.send(restored, dist.get_global_rank(ranks.group, 0), group=ranks.group)
+        return
+    yield job, restored
+    for rank in range(1, ranks.size):
+        shape, dtype = shapes[rank]
+        frames = torch.empty(shape, dtype=dtype, device=ranks.device)
+        dist.recv(frames, dist.get_global_rank(ranks.group, rank), group=ranks.group)
+        task.stages.window = round_jobs[rank].index  # progress while writing it names this window
+        yield round_jobs[rank], frames
+
+
+def windows_over_ranks(
+    jobs: Iterable[WindowJob], task: WindowTask, ranks: Ranks, together: GroupWindow
+) -> Iterator[tuple[WindowJob, torch.Tensor]]:
+    """The window map of a group: windows dealt in rounds of `ranks.size`, one per rank, each rank
+    restoring its own alone; a last round with fewer windows than ranks (and a one-window clip, an
+    image) is restored window by window by all ranks together (`together`). Yields on the main rank
+    only. Every rank reads every window's frames (cheap next to restoring them); noise is keyed by the
+    window's first frame, so the output equals one process's whatever rank restores a window.
+    """
+    jobs = iter(jobs)
+    solo = dataclasses.replace(task.models, dit=partial(run_dit, task.models.dit, ranks=ranks.alone()))
+    while round_jobs := list(itertools.islice(jobs, ranks.size)):
+        if len(round_jobs) == ranks.size:
+            yield from _solo_round(round_jobs, task, solo, ranks)
+            continue
+        for job in round_jobs:
+            task.stages.window = job.index
+            _injected_fault(ranks, job)  # here the others wait in a collective: torchrun or the worker ends them
+            restored = together(job.frames, task.models, task.options, task.plan, job.start, task.stages, ranks)
+            count_work("group_windows")
+            if ranks.is_main:
+                yield job, restored
+
+
+def _gather_work(ranks: Ranks) -> dict[int, dict[str, int]]:
+    counts = [None] * ranks.size
+    dist.all_gather_object(counts, dict(WORK), group=ranks.group)
+    return dict(enumerate(counts))
+
+
 def restore_file(
     src: str | Path,
     dst: str | Path,
@@ -423,29 +494,28 @@ def restore_file(
     ranks: Ranks,
     *,
     should_cancel: Callable[[], bool] | None = None,
+    together: GroupWindow | None = None,
     **kwargs: Any,
 ) -> pipeline.RestoreResult:
     """`pipeline.restore_file` run together by every rank of `ranks`; only the main rank writes `dst`.
 
     All ranks must call it with the same arguments (the same input file on the same machine); `kwargs`
-    are `restore_file`'s. The ranks take the main rank's plan and DiT input, so the result is the one
-    process' result up to float round-off in the DiT. `should_cancel` is polled on the main rank only
-    and its answer shared, so every rank stops at the same window.
+    are `restore_file`'s. Windows are dealt to the ranks (`windows_over_ranks`, with `together` for
+    windows that all ranks restore at once: by default `seedvr.bands.restore_window_bands`, the exact
+    split of one window into bands of rows); the ranks take the main rank's plan, so the result is the
+    one-process result up to float round-off in a split DiT. `should_cancel` is polled on the main rank
+    only and its answer shared, so every rank stops at the same window. The result's `work` holds
+    every rank's work counts.
     """
+    WORK.clear()
     if ranks.group is None:
         return pipeline.restore_file(src, dst, models, options, should_cancel=should_cancel, **kwargs)
     options = _from_main(lambda: _agreed_options(Path(src), models, options), ranks)
-    models = dataclasses.replace(
-        models, dit=sharded_dit(models.dit, ranks), map_tiles=partial(_tiles_over_ranks, ranks=ranks)
-    )
+    if together is None:
+        from seedvr.bands import restore_window_bands as together  # bands builds on this module
+
+    models = dataclasses.replace(models, map_windows=partial(windows_over_ranks, ranks=ranks, together=together))
     cancelled = partial(_from_main, lambda: bool(should_cancel and should_cancel()), ranks)
     log.info("rank %d of %d restores %s%s", ranks.rank, ranks.size, src, " and writes it" if ranks.is_main else "")
-    return pipeline.restore_file(src, dst, models, options, should_cancel=cancelled, write=ranks.is_main, **kwargs)
-
-
-WORK: Counter[str] = Counter()
-"""This process's work counts (e.g. VAE rows computed): what tests read to prove that work is split."""
-
-
-def count_work(key: str, n: int = 1) -> None:
-    WORK[key] += n
+    result = pipeline.restore_file(src, dst, models, options, should_cancel=cancelled, write=ranks.is_main, **kwargs)
+    return dataclasses.replace(result, work=_gather_work(ranks))

@@ -57,5 +57,31 @@ def test_help_documents_every_option() -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0
     for option in ("--model", "--ckpt-dir", "--device", "--dtype", "--attention", "--compile", "--frames", "--in-size",
-                   "--res", "--scale", "--batch-frames", "--overlap-frames", "--vae-tile", "--color-fix", "--warmup", "--json"):
+                   "--res", "--scale", "--batch-frames", "--overlap-frames", "--vae-tile", "--color-fix", "--warmup", "--json",
+                   "--dit-layers", "--sp-size"):
         assert option in proc.stdout
+
+
+def test_first_layers_cuts_depth_not_width() -> None:
+    config = yaml.safe_load((ROOT / "configs_3b" / "main.yaml").read_text())["dit"]["model"]
+    cut = load_bench().first_layers(config, 4)
+    params = parse_params("v2", cut)
+    assert params.num_layers == 4 and params.vid_dim == config["vid_dim"] and params.heads == config["heads"]
+    assert params.window_methods == config["window_method"][:4]
+    with pytest.raises(ValueError, match="--dit-layers must be between 1 and 32, got 33"):
+        load_bench().first_layers(config, 33)
+
+
+@pytest.mark.slow  # one process and a torchrun launch of two ranks
+def test_parallel_bench_times_one_job_on_two_ranks_against_one(tmp_path: Path) -> None:
+    out = tmp_path / "parallel.json"
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_parallel.py"), "--ranks", "2", "--json", str(out), "--",
+           "--model", "tiny", "--device", "cpu", "--frames", "9", "--in-size", "64x48", "--res", "64x48",
+           "--batch-frames", "5", "--overlap-frames", "1", "--vae-tile", "0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    result = json.loads(out.read_text())
+    assert result["speedup"] > 0 and result["threads_per_rank"] == 1
+    assert len(result["one"]["peak_memory_mb_per_rank"]) == 1 and len(result["split"]["peak_memory_mb_per_rank"]) == 2
+    assert result["one"]["frames"] == result["split"]["frames"] == 9
+    assert "| 9 frame(s) -> 64x48 |" in proc.stdout

@@ -1,6 +1,7 @@
 """The worker with sp_size 2 on the CPU (gloo over loopback, SEEDVR_CPU_SP_MAX=2) and the tiny models:
 resident rank processes give the sp_size 1 output, survive a dead rank (that job fails, the next one
-rebuilds the group), follow cancels, and stop when the worker swaps back to sp_size 1; and the same
+rebuilds the group), answer a failure on one rank with that rank's error and serve the next job, follow
+cancels, and stop when the worker swaps back to sp_size 1; and the same
 through the local HTTP server (`handler.py --rp_serve_api`), where the ranks are spawned from RunPod's
 process."""
 
@@ -20,6 +21,7 @@ from tiny import write_tiny_setup
 from worker_helpers import Updates, WorkerServer, b64
 
 from seedvr.manager import ManagerConfig, ModelManager
+from seedvr.parallel import FAULT_ENV
 from seedvr.worker.service import Worker
 from seedvr.worker.settings import Limits, WorkerSettings
 from test_parallel_cli import assert_nearly_equal, video_frames
@@ -106,6 +108,22 @@ def test_sp2_matches_sp1_survives_a_dead_rank_and_swaps_back(worker, setup, tmp_
     assert worker.health()["sp_size"] == 1
 
 
+def test_a_failure_on_rank_1_fails_the_job_and_the_ranks_serve_the_next(worker, setup, tmp_path, monkeypatch):
+    want = frames(restore(worker, setup, sp_size=1, batch_frames=9), tmp_path, "sp1.mp4")  # one window
+    monkeypatch.setenv(FAULT_ENV, "1:2")  # read by the rank processes, spawned by the initialize below
+    assert worker.run({"input": {"action": "initialize", "sp_size": 2}})["ready"] is True
+    pids = worker.group.pids
+
+    failed = restore(worker, setup)  # two windows, one per rank: rank 1 fails before its window
+    assert failed["error_code"] == "INTERNAL", failed
+    assert "RuntimeError: injected fault (SEEDVR_SP_FAULT) on rank 1 before window 2" in failed["error"]
+    assert worker.group.running and worker.group.pids == pids and all(map(alive, pids))
+
+    again = restore(worker, setup, batch_frames=9)  # one window, on both ranks together: no fault
+    assert "load_model" not in again["processing_info"]["timings"]
+    assert_nearly_equal(frames(again, tmp_path, "sp2.mp4"), want, levels=2)
+
+
 def test_a_rank_dying_during_a_job_fails_it_then_cancel_and_limits(worker, setup, tmp_path):
     assert worker.run({"input": {"action": "initialize", "sp_size": 2}})["ready"] is True
     pids = worker.group.pids
@@ -117,10 +135,13 @@ def test_a_rank_dying_during_a_job_fails_it_then_cancel_and_limits(worker, setup
     worker.sender.on_update = None
 
     cancel = threading.Event()
+    worker.sender.sent.clear()
     worker.sender.on_update = lambda update: cancel.set() if update["window"] == 1 else None
-    cancelled = restore(worker, setup, cancel)  # rebuilds the group, then stops after window 1 on every rank
+    # 3 windows (stride 2): the rebuilt group restores windows 1 and 2 as one round (one per rank), then
+    # every rank stops before window 3
+    cancelled = restore(worker, setup, cancel, overlap_frames=3)
     assert cancelled["error_code"] == "CANCELLED", cancelled
-    assert max(u["window"] for u in worker.sender.sent) == 1
+    assert max(u["window"] for u in worker.sender.sent) == 2 and {u["windows"] for u in worker.sender.sent} == {3}
     assert worker.group.running  # a cancel is no failure: the ranks stay
 
     too_many = worker.run({"input": {"action": "initialize", "sp_size": 3}})

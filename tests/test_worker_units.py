@@ -293,6 +293,7 @@ def test_failures_are_classified():
     oom = classify_failure(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"), "j1")
     assert oom.code is ErrorCode.GPU_OOM and oom.refresh_worker
     assert oom.message.startswith("Processing failed: CUDA out of memory (try a smaller res_h/res_w")
+    assert "sp_size" not in oom.message  # each rank holds a whole temporal window: more ranks do not cure it
     cuda = classify_failure(RuntimeError("CUDA error: an illegal memory access was encountered\nmore"), "j2")
     assert cuda.code is ErrorCode.INTERNAL and cuda.refresh_worker and "\n" not in cuda.message
     other = classify_failure(ValueError("bad thing"), "j3")

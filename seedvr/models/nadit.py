@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -175,8 +175,25 @@ class RopeFrequencies(nn.Module):
             raise ValueError(f"{name}: checkpoint rotary frequencies do not match the config")
 
 
+class BlockContext(Protocol):
+    """What the blocks and the output head read of a forward: the one type behind both the one-process
+    `ForwardContext` and a sequence-parallel rank's `ShardedContext` (seedvr/parallel.py), whose layouts
+    hold only the rank's windows and whose text mean is reduced across ranks."""
+
+    txt_lens: list[int]
+
+    def layout(self, window: tuple[int, int, int], method: str) -> tuple[WindowLayout, VarlenPlan, dict]:
+        """Window layout, attention plan and rotary angles of the rows the blocks hold."""
+
+    def emb_slot(self, layer: int, stream: str) -> torch.Tensor:
+        """The [rows or 1, dim, 3] embedding slice of `layer` (0 attn, 1 mlp) for the stream's rows."""
+
+    def text_mean(self, txt_out: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
+        """Each text token's attention outputs averaged over its sample's windows."""
+
+
 @dataclass
-class ForwardContext:
+class ForwardContext(BlockContext):
     """Per-forward state shared by all blocks: sample sizes, embedding and the cached window layouts."""
 
     grids: list[tuple[int, int, int]]  # token grid per sample after patching
@@ -209,11 +226,7 @@ class ForwardContext:
         return self._layouts[key]
 
     def text_mean(self, txt_out: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
-        """Each text token's attention outputs [sum(windows_b * L_b), C] averaged over its sample's windows.
-
-        A method of the context so that a sequence-parallel context (seedvr/parallel.py) can sum the
-        windows it holds and reduce across ranks instead.
-        """
+        """Each text token's attention outputs [sum(windows_b * L_b), C] averaged over its sample's windows."""
         parts = txt_out.split([n * length for n, length in zip(layout.window_count, self.txt_lens)])
         return torch.cat([o.view(n, length, -1).mean(0) for o, n, length in zip(parts, layout.window_count, self.txt_lens)])
 
@@ -249,7 +262,7 @@ class Attention(nn.Module):
         q, k, v = self.proj_qkv.get(stream)(x).unflatten(-1, (3, self.heads, self.head_dim)).unbind(1)
         return self.norm_q.get(stream)(q), self.norm_k.get(stream)(k), v
 
-    def forward(self, vid: torch.Tensor, txt: torch.Tensor, ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, vid: torch.Tensor, txt: torch.Tensor, ctx: BlockContext) -> tuple[torch.Tensor, torch.Tensor]:
         layout, plan, rotations = ctx.layout(self.window, self.method)
         vq, vk, vv = self._qkv(vid[layout.order], "vid")
         tq, tk, tv = self._qkv(txt, "txt")
@@ -280,16 +293,16 @@ class Block(nn.Module):
         self.mlp = Streams(mlp, p.shared_mlp[i], vid_only=last_vid_only)
         self.ada = Streams(lambda: AdaSingle(p.vid_dim), p.shared_ada[i], vid_only=last_vid_only)
 
-    def _modulated(self, x: torch.Tensor, stream: str, layer: int, ctx: ForwardContext) -> torch.Tensor:
+    def _modulated(self, x: torch.Tensor, stream: str, layer: int, ctx: BlockContext) -> torch.Tensor:
         ada = self.ada.get(stream)
         x = _rms(x, self.eps)
         return x if ada is None else ada.modulate_in(x, ctx.emb_slot(layer, stream), ("attn", "mlp")[layer])
 
-    def _gated(self, x: torch.Tensor, stream: str, layer: int, ctx: ForwardContext) -> torch.Tensor:
+    def _gated(self, x: torch.Tensor, stream: str, layer: int, ctx: BlockContext) -> torch.Tensor:
         ada = self.ada.get(stream)
         return x if ada is None else ada.modulate_out(x, ctx.emb_slot(layer, stream), ("attn", "mlp")[layer])
 
-    def forward(self, vid: torch.Tensor, txt: torch.Tensor, ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, vid: torch.Tensor, txt: torch.Tensor, ctx: BlockContext) -> tuple[torch.Tensor, torch.Tensor]:
         va, ta = self.attn(self._modulated(vid, "vid", 0, ctx), self._modulated(txt, "txt", 0, ctx), ctx)
         vid = vid + self._gated(va, "vid", 0, ctx)
         txt = txt + self._gated(ta, "txt", 0, ctx)
@@ -370,7 +383,7 @@ class NaDiT(nn.Module):
         )
         return patches, t, ctx, shapes
 
-    def project_out(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+    def project_out(self, x: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
         """Per-token output head (before unpatching): final norm and modulation (3B), then `vid_out`."""
         if self.params.out_norm:
             # The official head reads the blocks' cached *attention* embedding slice (its own

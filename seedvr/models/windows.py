@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 WINDOW_METHODS = ("720pwin_by_size_bysize", "720pswin_by_size_bysize")
 
@@ -77,6 +78,44 @@ class WindowLayout:
     txt_source: torch.Tensor  # [Lt] text row whose rotated q/k each text row uses (v2 only, see below)
     txt_pos: torch.Tensor  # [Lt] rotary position of that row
     inverse: torch.Tensor  # [Lv] the permutation undoing `order` (computed once, used by every block)
+
+    def video_sizes(self, txt_lens: list[int]) -> torch.Tensor:
+        """Video tokens per window, in layout order."""
+        window_txt = torch.tensor(txt_lens).repeat_interleave(torch.tensor(self.window_count))
+        return torch.tensor(self.seq_lens) - window_txt
+
+    def part(self, a: int, b: int, txt_lens: list[int]) -> WindowLayout:
+        """The layout of windows [a, b) alone, re-indexed to start at 0 (a sequence-parallel rank's share).
+
+        Windows are emitted contiguously (video rows in window order, packed sequences in window order),
+        so the part is a slice of every index map; its `order` is the identity over its own rows.
+        """
+        window_sample = torch.repeat_interleave(torch.arange(len(txt_lens)), torch.tensor(self.window_count))
+        vid_start, seq_start, txt_start = (
+            run_starts(lengths)
+            for lengths in (self.video_sizes(txt_lens), torch.tensor(self.seq_lens), torch.tensor(txt_lens)[window_sample])
+        )
+        v0, n, p0, total_vid = vid_start[a], vid_start[b] - vid_start[a], seq_start[a], self.order.numel()
+        gather = self.gather[p0 : seq_start[b]]
+        local_order = torch.arange(n, device=self.order.device)
+        return WindowLayout(
+            order=local_order,
+            local=self.local[v0 : v0 + n],
+            extent=self.extent[v0 : v0 + n],
+            window_count=torch.bincount(window_sample[a:b], minlength=len(txt_lens)).tolist(),
+            seq_lens=self.seq_lens[a:b],
+            gather=torch.where(gather < total_vid, gather - v0, gather - total_vid + n),
+            vid_rows=self.vid_rows[v0 : v0 + n] - p0,
+            txt_rows=self.txt_rows[txt_start[a] : txt_start[b]] - p0,
+            txt_source=self.txt_source,
+            txt_pos=self.txt_pos,
+            inverse=local_order,
+        )
+
+
+def run_starts(lengths: torch.Tensor) -> list[int]:
+    """Start offsets of consecutive runs of `lengths`, plus the end."""
+    return F.pad(torch.cumsum(lengths, 0), (1, 0)).tolist()
 
 
 def build_layout(

@@ -6,6 +6,8 @@ colour-fix against the resized input, crossfade with the previous window, quanti
 one window of frames is in memory at any time. docs/pipeline.md explains the rules and the choices.
 """
 
+from __future__ import annotations
+
 import logging
 import time
 from collections import defaultdict
@@ -47,6 +49,25 @@ READ_CHUNK = 8  # frames decoded at a time
 PIPELINED = True
 
 
+@dataclass(frozen=True)
+class WindowJob:
+    """One temporal window to restore: its 1-based index, first input frame and uint8 frames."""
+
+    index: int
+    start: int
+    frames: np.ndarray
+
+
+WindowMap = Callable[[Iterable[WindowJob], "WindowTask"], Iterator[tuple[WindowJob, torch.Tensor]]]
+
+
+def in_sequence(jobs: Iterable[WindowJob], task: WindowTask) -> Iterator[tuple[WindowJob, torch.Tensor]]:
+    """The default window map: every window here, in order (a sequence-parallel group deals them to its
+    ranks instead, see seedvr.parallel)."""
+    for job in jobs:
+        yield job, task.restore(job)
+
+
 @dataclass
 class RestorationModels:
     """What the manager hands over: loaded modules in eval mode and the positive text embedding."""
@@ -59,6 +80,7 @@ class RestorationModels:
     dtype: torch.dtype = torch.float32
     text_neg_emb: torch.Tensor | None = None  # only needed for cfg_scale != 1
     map_tiles: TileMap = in_order  # how VAE tiles are computed: here, or dealt to sequence-parallel ranks
+    map_windows: WindowMap = in_sequence  # how temporal windows are computed: here, or dealt to ranks
 
 
 @dataclass
@@ -127,6 +149,7 @@ class RestoreResult:
     fps: float | None
     timings: dict[str, float]
     path: Path
+    work: dict[int, dict[str, int]] = field(default_factory=dict)  # sequence parallel: rank -> work counts
 
 
 @dataclass(frozen=True)
@@ -257,6 +280,21 @@ class Stages:
             self.timings[stage] += time.perf_counter() - start
 
 
+@dataclass
+class WindowTask:
+    """What restoring any window of one file needs besides the window itself: a window map calls
+    ``restore`` for each window it computes, with other models if it likes (e.g. a rank's own)."""
+
+    models: RestorationModels
+    options: RestoreOptions
+    plan: Plan
+    stages: Stages
+
+    def restore(self, job: WindowJob, models: RestorationModels | None = None) -> torch.Tensor:
+        self.stages.window = job.index
+        return restore_window(job.frames, models or self.models, self.options, self.plan, job.start, self.stages)
+
+
 def preprocess(frames: np.ndarray, plan: Plan, device: torch.device | str) -> torch.Tensor:
     """uint8 ``[n, H, W, 3]`` -> ``[n, 3, H', W']`` in [-1, 1]: resize to the output size, pad to the grid.
 
@@ -338,6 +376,14 @@ def _timed(chunks: Iterable[np.ndarray], stages: Stages, stage: str) -> Iterator
         yield chunk
 
 
+def _jobs(chunks: Iterable[np.ndarray], plan: Plan, should_cancel: Callable[[], bool] | None) -> Iterator[WindowJob]:
+    """The windows of a stream of chunks, checking for a cancel before each one."""
+    for index, (start, frames) in enumerate(iter_windows(chunks, plan.window, plan.overlap), 1):
+        if should_cancel is not None and should_cancel():
+            raise Cancelled(f"cancelled before window {index} of {max(plan.windows, index)}")
+        yield WindowJob(index, start, frames)
+
+
 def restore_frames(
     chunks: Iterable[np.ndarray],
     models: RestorationModels,
@@ -348,14 +394,14 @@ def restore_frames(
 ) -> Iterator[np.ndarray]:
     """Restore a stream of uint8 ``[n, H, W, 3]`` chunks; yields uint8 ``[m, h, w, 3]`` chunks in order.
 
-    Deterministic: each window's noise depends only on ``options.seed`` and the window's first frame.
+    Deterministic: each window's noise depends only on ``options.seed`` and the window's first frame, so
+    ``models.map_windows`` may compute the windows anywhere; it yields them in order (a sequence-parallel
+    group's other ranks yield none and restore only their own).
     """
     fade = Crossfade(plan.overlap)
-    for index, (start, frames) in enumerate(iter_windows(chunks, plan.window, plan.overlap), 1):
-        if should_cancel is not None and should_cancel():
-            raise Cancelled(f"cancelled before window {index} of {max(plan.windows, index)}")
-        stages.window = index
-        ready = fade.push(start, restore_window(frames, models, options, plan, start, stages))
+    task = WindowTask(models, options, plan, stages)
+    for job, restored in models.map_windows(_jobs(chunks, plan, should_cancel), task):
+        ready = fade.push(job.start, restored)
         if len(ready):
             yield geometry.to_uint8_hwc(ready).numpy()
     rest = fade.finish()

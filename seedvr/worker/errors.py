@@ -94,7 +94,7 @@ def classify_failure(exc: BaseException, job_id: str) -> WorkerError:
     if _is_cuda_oom(exc):
         return WorkerError(
             ErrorCode.GPU_OOM,
-            "Processing failed: CUDA out of memory (try a smaller res_h/res_w or batch_frames, or sp_size > 1)",
+            "Processing failed: CUDA out of memory (try a smaller res_h/res_w or batch_frames)",
             refresh_worker=True,
         )
     log.exception("job %s failed", job_id)

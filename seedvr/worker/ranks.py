@@ -3,7 +3,10 @@
 With `sp_size > 1` the worker process holds no model: it spawns N rank processes (rank r on cuda:r, or
 on the CPU with gloo), which join a process group over loopback TCP, load the model once and wait for
 jobs. Every job goes to every rank over its own pipe; the ranks run `parallel.restore_file` together
-(rank 0 writes the output and sends progress) and each answers with its result or its exception.
+(rank 0 writes the output and sends progress) and each answers with its result or its exception. A
+window that fails on one rank is raised on every rank at the end of its round, so the group answers
+at once and stays resident; a failure inside a collective leaves the others waiting, and they are
+killed after FAILURE_GRACE.
 
 A separate process per rank, rather than the worker as rank 0, keeps the worker in control: a rank that
 dies or hangs in a collective is killed with the rest of its group, and the worker goes on serving. A
@@ -34,7 +37,7 @@ from seedvr.pipeline import Progress, RestoreOptions, RestoreResult
 log = logging.getLogger("seedvr.worker")
 
 START_TIMEOUT = 900.0  # seconds for every rank to join and load the model (7B from a slow volume)
-FAILURE_GRACE = 30.0  # seconds the other ranks get to answer once one rank has failed a job
+FAILURE_GRACE = 10.0  # seconds the other ranks get to answer once one rank has failed a job
 POLL = 0.2  # seconds between checks for dead ranks and the cancel flag
 
 
@@ -171,8 +174,8 @@ class RankGroup:
 
         answers = self._collect(poll, progress=progress, what="the job")
         failed = [payload for kind, payload in answers if kind == "failed"]
-        if failed:
-            raise failed[0]
+        if failed:  # the failing rank's own error (its type gives the error code), not the others' report of it
+            raise next((exc for exc in failed if not isinstance(exc, parallel.RankError)), failed[0])
         return answers[0][1]
 
     def stop(self, graceful: bool = True) -> None:
