@@ -22,6 +22,7 @@ from seedvr import parallel
 from seedvr.manager import PROJECT_ROOT, ManagerConfig, ModelManager, ModelSpec, default_device
 from seedvr.media import MediaError
 from seedvr.pipeline import COLOR_FIXES, Progress, RestoreOptions
+from seedvr.pipeline.parts import WindowStore
 
 MODELS = {"3b": "seedvr2_3b", "7b": "seedvr2_7b"}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -54,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", dest="output_format", help="output format (default: from OUTPUT's suffix)")
     p.add_argument("--crf", type=int, default=18)
     p.add_argument("--no-audio", action="store_true", help="do not copy the input's audio")
+    p.add_argument("--no-scene-cuts", dest="scene_cuts", action="store_false",
+                   help="plan the video as one shot (default: windows never span a hard cut)")
+    p.add_argument("--resume", type=Path, metavar="DIR",
+                   help="keep every finished window in DIR; the same command after a crash computes only the missing ones")
     p.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -83,6 +88,16 @@ def _output_format(path: Path, explicit: str | None) -> str | None:
     return {"jpeg": "jpg"}.get(suffix, suffix) or None
 
 
+def _store(args: argparse.Namespace, spec: ModelSpec, manager: ModelManager) -> WindowStore | None:
+    """The resume folder, keyed also by what the pipeline cannot see: the model and the compute dtype."""
+    if args.resume is None:
+        return None
+    if args.sp_size > 1:
+        raise ValueError("--resume works with --sp-size 1 only (every rank would have to agree on the stored windows)")
+    identity = {"model": f"{spec.model_type}/{spec.variant}", "dtype": str(manager.dtype), "device": manager.device.type}
+    return WindowStore(args.resume, identity)
+
+
 def join_ranks(sp_size: int, device: str | None) -> parallel.Ranks:
     """The sequence-parallel group this process belongs to, checked against how it was started."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -105,6 +120,7 @@ def restore(args: argparse.Namespace, ranks: parallel.Ranks) -> int:
     options = RestoreOptions(
         res_h=args.res_h, res_w=args.res_w, scale=args.scale, seed=args.seed, color_fix=args.color_fix,
         batch_frames=args.batch_frames, overlap_frames=args.overlap_frames, vae_tile=args.vae_tile,
+        scene_cuts=args.scene_cuts,
     )
     manager = ModelManager(
         ManagerConfig(ckpt_dir=args.ckpt_dir, config_dir=args.config_dir),
@@ -116,11 +132,12 @@ def restore(args: argparse.Namespace, ranks: parallel.Ranks) -> int:
         raise ValueError(f"--variant {args.variant} does not exist for --model {args.model}")
     load_seconds = manager.ensure(spec)
     bar = ProgressBar() if ranks.is_main else None
+    store = _store(args, spec, manager)
     try:
         result = parallel.restore_file(
             args.input, args.output, manager.models, options, ranks,
             keep_audio=not args.no_audio, output_format=_output_format(args.output, args.output_format),
-            crf=args.crf, progress=bar,
+            crf=args.crf, progress=bar, store=store,
         )
     finally:
         if bar is not None:
@@ -135,6 +152,8 @@ def restore(args: argparse.Namespace, ranks: parallel.Ranks) -> int:
     print(f"model {spec.model_type} ({spec.variant}) on {manager.device} {manager.dtype}{ranks_text}, "
           f"load {load_seconds:.1f}s")
     print(f"timings: {stages}")
+    if store is not None:
+        print(f"resume: {store.reused} of {result.windows} windows taken from {store.folder}")
     return 0
 
 

@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .geometry import to_uint8_hwc
+from .temporal import join_windows
 
 FORMAT = "seedvr2-windows/1"
 
@@ -85,20 +86,47 @@ def _write_array(zf: zipfile.ZipFile, name: str, array: np.ndarray) -> None:
         np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
 
 
-def load_parts(path: Path) -> tuple[dict[str, Any], list[WindowPart]]:
-    """``(meta, parts)`` of a part file; a file of another format is an error."""
+def iter_parts(path: Path) -> Iterator[WindowPart]:
+    """The windows of a part file, read one at a time."""
     with np.load(path, allow_pickle=False) as data:
         meta = json.loads(str(data["meta"]))
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path} is not a {FORMAT} part file (format {meta.get('format')!r})")
-        parts = [
-            WindowPart(
-                i, start, stop,
-                torch.from_numpy(data[f"lead_{i}"]), data[f"middle_{i}"], torch.from_numpy(data[f"trail_{i}"]),
-            )
-            for i, start, stop in meta["windows"]
-        ]
-    return meta, parts
+        for i, start, stop in meta["windows"]:
+            lead, middle, trail = (data[f"{name}_{i}"] for name in ("lead", "middle", "trail"))
+            yield WindowPart(i, start, stop, torch.from_numpy(lead), middle, torch.from_numpy(trail))
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    with np.load(path, allow_pickle=False) as data:
+        return json.loads(str(data["meta"]))
+
+
+def final_frames(outputs: Iterable[tuple[int, torch.Tensor]], overlap: int) -> Iterator[np.ndarray]:
+    """Window outputs ``(start, float frames)`` in order -> crossfaded, quantised uint8 ``[n, h, w, 3]`` chunks."""
+    for ready in join_windows(outputs, overlap):
+        yield to_uint8_hwc(ready).numpy()
+
+
+def stitch(files: Iterable[Path], spans: Sequence[tuple[int, int]], overlap: int) -> Iterator[np.ndarray]:
+    """The whole video, as one run would have written it, from part files holding every window of
+    ``spans`` in order (a client's fan-out). Holds one window at a time."""
+
+    def windows() -> Iterator[tuple[int, torch.Tensor]]:
+        expected = 0
+        for path in files:
+            for part in iter_parts(path):
+                if part.index != expected or (part.start, part.stop) != tuple(spans[part.index]):
+                    raise ValueError(
+                        f"{path}: window {part.index} [{part.start}, {part.stop}) where the plan has window "
+                        f"{expected} {list(spans[expected]) if expected < len(spans) else '(none)'}"
+                    )
+                expected += 1
+                yield part.start, part.frames()
+        if expected != len(spans):
+            raise ValueError(f"the parts hold {expected} windows, the plan {len(spans)}")
+
+    return final_frames(windows(), overlap)
 
 
 def file_digest(path: Path) -> str:
@@ -107,7 +135,8 @@ def file_digest(path: Path) -> str:
 
 
 class WindowStore:
-    """A resume folder: one part file per finished window, and a manifest naming the run they belong to.
+    """A resume folder: one part file per finished window (or per fanned-out range, ``part-*.npz``), and a
+    manifest naming the run they belong to.
 
     The manifest's key is the input file's hash, the settings and the plan (and whatever the caller
     adds, such as the model); when it differs from the run at hand, the folder's window files are
@@ -131,8 +160,9 @@ class WindowStore:
         except (OSError, ValueError):
             current = None
         if current != key:
-            for stale in self.folder.glob("window-*.npz"):
-                stale.unlink()
+            for pattern in ("window-*.npz", "part-*.npz"):
+                for stale in self.folder.glob(pattern):
+                    stale.unlink()
             tmp = manifest.with_name(manifest.name + ".tmp")
             tmp.write_text(json.dumps(key, indent=1, sort_keys=True))
             os.replace(tmp, manifest)
@@ -144,7 +174,7 @@ class WindowStore:
         path = self.path(index)
         if not path.exists():
             return None
-        _, (part,) = load_parts(path)
+        (part,) = iter_parts(path)
         self.reused += 1
         return part
 

@@ -25,8 +25,8 @@ from seedvr import media
 from . import geometry, sampling
 from .colorfix import COLOR_FIXES, color_fix
 from .noise import window_noise
-from .parts import WindowPart, WindowStore, file_digest, save_parts
-from .temporal import check_window, default_overlap, detect_cuts, floor_4n1, iter_windows, join_windows, pad_to_4n1, plan_windows
+from .parts import WindowPart, WindowStore, file_digest, final_frames, save_parts
+from .temporal import check_window, default_overlap, detect_cuts, floor_4n1, iter_windows, pad_to_4n1, plan_windows
 from .tiling import SPATIAL_FACTOR, TileMap, Tiling, in_order, vae_decode, vae_encode
 
 logger = logging.getLogger(__name__)
@@ -113,6 +113,10 @@ class Cancelled(Exception):
     """Raised between windows when ``should_cancel()`` says so."""
 
 
+class OutsidePlan(ValueError):
+    """A window range that the plan of the input does not have."""
+
+
 @dataclass
 class RestoreResult:
     media_type: str
@@ -122,6 +126,7 @@ class RestoreResult:
     fps: float | None
     timings: dict[str, float]
     path: Path
+    windows: int = 1  # of the plan
 
 
 @dataclass(frozen=True)
@@ -362,8 +367,7 @@ def restore_frames(
     Deterministic: each window's noise depends only on ``options.seed`` and the window's first frame.
     """
     outputs = window_outputs(chunks, models, options, plan, stages, should_cancel, store=store)
-    for ready in join_windows(((start, out) for _, start, out in outputs), plan.overlap):
-        yield geometry.to_uint8_hwc(ready).numpy()
+    return final_frames(((start, out) for _, start, out in outputs), plan.overlap)
 
 
 def _resolve_kind(detected: str, requested: str) -> str:
@@ -374,7 +378,7 @@ def _resolve_kind(detected: str, requested: str) -> str:
     return detected
 
 
-def _frame_rate(fps: float | Fraction) -> Fraction:
+def frame_rate(fps: float | Fraction) -> Fraction:
     """A requested rate as a small fraction (23.976 -> 2997/125, 29.97002997 -> 30000/1001)."""
     rate = Fraction(fps).limit_denominator(1001)
     if rate <= 0:
@@ -435,7 +439,7 @@ def _write_parts(outputs: Iterator[tuple[int, int, torch.Tensor]], dst: Path, pl
 def _window_range(windows: tuple[int, int], plan: Plan) -> range:
     first, stop = windows
     if not 0 <= first < stop <= plan.windows:
-        raise ValueError(f"windows must be [first, stop) with 0 <= first < stop <= {plan.windows} (the plan's windows), got [{first}, {stop}]")
+        raise OutsidePlan(f"windows must be [first, stop] with 0 <= first < stop <= {plan.windows} (the plan's windows), got [{first}, {stop}]")
     return range(first, stop)
 
 
@@ -473,7 +477,7 @@ def restore_file(
     frames_total = plan.frames if only is None else plan.spans[only.stop - 1][1] - plan.spans[only.start][0]
     stages = Stages(models.device, plan.windows, frames_total, progress)
     stages.timings["scan"] = time.perf_counter() - started
-    out_fps = None if kind == "image" else _frame_rate(fps) if fps else info.fps
+    out_fps = None if kind == "image" else frame_rate(fps) if fps else info.fps
     try:
         if kind == "image":
             restored = restore_frames([media.read_image(src)[None]], models, options, plan, stages, should_cancel)
@@ -511,4 +515,5 @@ def restore_file(
         fps=None if out_fps is None else float(out_fps),
         timings=dict(stages.timings),
         path=dst,
+        windows=plan.windows,
     )
