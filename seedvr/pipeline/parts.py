@@ -83,23 +83,18 @@ def save_parts(path: Path, parts: Iterable[WindowPart], meta: dict[str, Any]) ->
 
 def _write_array(zf: zipfile.ZipFile, name: str, array: np.ndarray) -> None:
     with zf.open(f"{name}.npy", "w", force_zip64=True) as f:
-        np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
+        np.lib.format.write_array(f, np.asarray(array, order="C"), allow_pickle=False)
 
 
 def iter_parts(path: Path) -> Iterator[WindowPart]:
     """The windows of a part file, read one at a time."""
     with np.load(path, allow_pickle=False) as data:
-        meta = json.loads(str(data["meta"]))
+        meta = json.loads(data["meta"].item())
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path} is not a {FORMAT} part file (format {meta.get('format')!r})")
         for i, start, stop in meta["windows"]:
             lead, middle, trail = (data[f"{name}_{i}"] for name in ("lead", "middle", "trail"))
             yield WindowPart(i, start, stop, torch.from_numpy(lead), middle, torch.from_numpy(trail))
-
-
-def read_meta(path: Path) -> dict[str, Any]:
-    with np.load(path, allow_pickle=False) as data:
-        return json.loads(str(data["meta"]))
 
 
 def final_frames(outputs: Iterable[tuple[int, torch.Tensor]], overlap: int) -> Iterator[np.ndarray]:
