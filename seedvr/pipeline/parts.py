@@ -147,7 +147,7 @@ class WindowStore:
 
     def bind(self, key: dict[str, Any]) -> None:
         """Make the folder belong to the run ``key`` (+ the caller's identity)."""
-        key = {**self.identity, **key}
+        key = json.loads(json.dumps({**self.identity, **key}))  # as the manifest reads back (tuples are lists)
         self.folder.mkdir(parents=True, exist_ok=True)
         manifest = self.folder / self.MANIFEST
         try:
