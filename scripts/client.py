@@ -210,7 +210,9 @@ def job_body(args: argparse.Namespace, job_input: dict[str, Any]) -> dict[str, A
     return body
 
 
-def run_job(transport: Transport, args: argparse.Namespace, job_input: dict[str, Any], on_update=None) -> dict[str, Any]:
+def run_job(
+    transport: Transport, args: argparse.Namespace, job_input: dict[str, Any], on_update=None
+) -> dict[str, Any]:
     """Submit, wait, and return the output of a COMPLETED job; otherwise JobError with the worker's message."""
     job_id = transport.submit(job_body(args, job_input))
     try:
@@ -360,8 +362,9 @@ def fan_out(transport: Transport, args: argparse.Namespace) -> int:
         width, height = (int(n) for n in plan["resolution"].split("x"))
         fmt = args.output_format or (target.suffix.lstrip(".") or "mp4")
         audio = source if plan["has_audio"] and args.keep_audio is not False else None
-        writer = media.VideoWriter(target, width, height, Fraction(plan["frame_rate"]), fmt=fmt, crf=18 if args.crf is None else args.crf,
-                                   audio_from=audio)
+        crf = 18 if args.crf is None else args.crf
+        rate = Fraction(plan["frame_rate"])
+        writer = media.VideoWriter(target, width, height, rate, fmt=fmt, crf=crf, audio_from=audio)
         with writer:
             for chunk in stitch([files[part] for part in ranges], spans, plan["overlap_frames"]):
                 writer.write(chunk)

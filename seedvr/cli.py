@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-scene-cuts", dest="scene_cuts", action="store_false",
                    help="plan the video as one shot (default: windows never span a hard cut)")
     p.add_argument("--resume", type=Path, metavar="DIR",
-                   help="keep every finished window in DIR; the same command after a crash computes only the missing ones")
+                   help="keep finished windows in DIR; run the same command again to compute only the missing ones")
     p.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -94,7 +94,8 @@ def _store(args: argparse.Namespace, spec: ModelSpec, manager: ModelManager) -> 
         return None
     if args.sp_size > 1:
         raise ValueError("--resume works with --sp-size 1 only (every rank would have to agree on the stored windows)")
-    identity = {"model": f"{spec.model_type}/{spec.variant}", "dtype": str(manager.dtype), "device": manager.device.type}
+    model = f"{spec.model_type}/{spec.variant}"
+    identity = {"model": model, "dtype": str(manager.dtype), "device": str(manager.device)}
     return WindowStore(args.resume, identity)
 
 

@@ -1,6 +1,7 @@
 """User mode: restore a video or image file, window by window, streaming from file to file.
 
-Per temporal window: resize to the output size and pad to the 16-pixel grid, pad the frame count to
+A video is first scanned at thumbnail size (exact frame count, hard cuts), then planned into balanced
+windows per shot. Per temporal window: resize to the output size and pad to the 16-pixel grid, pad the frame count to
 4n+1, VAE-encode (optionally tiled) with seeded noise, one DiT step, VAE-decode, crop the padding,
 colour-fix against the resized input, crossfade with the previous window, quantise, write. Only about
 one window of frames is in memory at any time. docs/pipeline.md explains the rules and the choices.
@@ -318,14 +319,8 @@ def _timed(chunks: Iterable[np.ndarray], stages: Stages, stage: str) -> Iterator
 
 
 def window_outputs(
-    chunks: Iterable[np.ndarray],
-    models: RestorationModels,
-    options: RestoreOptions,
-    plan: Plan,
-    stages: Stages,
-    should_cancel: Callable[[], bool] | None = None,
-    only: range | None = None,
-    store: WindowStore | None = None,
+    chunks: Iterable[np.ndarray], models: RestorationModels, options: RestoreOptions, plan: Plan, stages: Stages,
+    should_cancel: Callable[[], bool] | None = None, only: range | None = None, store: WindowStore | None = None,
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
     """``(index, start, colour-fixed float frames)`` of the plan's windows (those in ``only``), in order.
 
@@ -409,7 +404,9 @@ def _drop(restored: Iterator[np.ndarray]) -> int:
     return sum(len(chunk) for chunk in restored)
 
 
-def plan_file(src: Path, models: RestorationModels, options: RestoreOptions, media_type: str = "auto") -> tuple[media.MediaInfo, str, Plan]:
+def plan_file(
+    src: Path, models: RestorationModels, options: RestoreOptions, media_type: str = "auto"
+) -> tuple[media.MediaInfo, str, Plan]:
     """``(info, kind, plan)`` of a file. A video is scanned once at thumbnail size first: that counts its
     frames exactly and finds its hard cuts (``options.scene_cuts``) before any window is planned."""
     info = media.probe(src)
@@ -417,10 +414,13 @@ def plan_file(src: Path, models: RestorationModels, options: RestoreOptions, med
     if kind == "image":
         return info, kind, make_plan(info.height, info.width, 1, models, options)
     cuts, frames = detect_cuts(media.iter_thumbnails(src))
-    return info, kind, make_plan(info.height, info.width, frames, models, options, tuple(cuts) if options.scene_cuts else ())
+    cuts = tuple(cuts) if options.scene_cuts else ()
+    return info, kind, make_plan(info.height, info.width, frames, models, options, cuts)
 
 
-def _write_parts(outputs: Iterator[tuple[int, int, torch.Tensor]], dst: Path, plan: Plan, only: range, stages: Stages) -> int:
+def _write_parts(
+    outputs: Iterator[tuple[int, int, torch.Tensor]], dst: Path, plan: Plan, only: range, stages: Stages
+) -> int:
     """Save windows ``only`` as one part file (docs/API.md); returns the frames they cover."""
     spans = plan.spans
     first = spans[only.start][0]
@@ -439,7 +439,10 @@ def _write_parts(outputs: Iterator[tuple[int, int, torch.Tensor]], dst: Path, pl
 def _window_range(windows: tuple[int, int], plan: Plan) -> range:
     first, stop = windows
     if not 0 <= first < stop <= plan.windows:
-        raise OutsidePlan(f"windows must be [first, stop] with 0 <= first < stop <= {plan.windows} (the plan's windows), got [{first}, {stop}]")
+        raise OutsidePlan(
+            f"windows must be [first, stop] with 0 <= first < stop <= {plan.windows} (the plan's windows), "
+            f"got [{first}, {stop}]"
+        )
     return range(first, stop)
 
 

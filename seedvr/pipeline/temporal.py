@@ -70,7 +70,8 @@ def plan_windows(total: int, window: int, overlap: int, cuts: Sequence[int] = ()
     bounds = [0, *cuts, total]
     if any(b <= a for a, b in zip(bounds, bounds[1:])):
         raise ValueError(f"cuts must be increasing frame numbers inside 1..{total - 1}, got {list(cuts)}")
-    return [(a + start, a + stop) for a, b in zip(bounds, bounds[1:]) for start, stop in shot_windows(b - a, window, overlap)]
+    shots = zip(bounds, bounds[1:])
+    return [(a + start, a + stop) for a, b in shots for start, stop in shot_windows(b - a, window, overlap)]
 
 
 def shot_windows(total: int, window: int, overlap: int) -> list[tuple[int, int]]:
@@ -187,7 +188,9 @@ def _flush(fade: Crossfade) -> Iterator[torch.Tensor]:
         yield held
 
 
-def detect_cuts(thumbnails: Iterable[np.ndarray], threshold: float = CUT_THRESHOLD, min_shot: int = MIN_SHOT) -> tuple[list[int], int]:
+def detect_cuts(
+    thumbnails: Iterable[np.ndarray], threshold: float = CUT_THRESHOLD, min_shot: int = MIN_SHOT
+) -> tuple[list[int], int]:
     """Hard cuts of a video from its small grayscale frames; returns ``(cuts, frame count)``.
 
     A cut is a frame whose mean absolute difference from the previous frame exceeds ``threshold``
