@@ -53,6 +53,10 @@ class JobError(Exception):
         return f" [{self.code}]: {self.args[0]}" if self.code else f": {self.args[0]}"
 
 
+class Stopped(JobError):
+    """The fan-out was interrupted: a part stops polling, cancels its job and is not retried."""
+
+
 class Transport:
     """RunPod's queue API. The SDK's local server differs: /status is a POST, and it runs the job."""
 
@@ -217,7 +221,7 @@ def run_job(
     job_id = transport.submit(job_body(args, job_input))
     try:
         status = wait(transport, job_id, args.timeout, args.poll, on_update)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Stopped):
         transport.cancel(job_id)
         raise
     output = status.get("output") if isinstance(status.get("output"), dict) else {}
@@ -268,8 +272,11 @@ class Board:
         self.finished: set[tuple[int, int]] = set()
         self.retries = 0
         self.lock = threading.Lock()
+        self.stop = threading.Event()
 
     def update(self, part: tuple[int, int], status: dict[str, Any]) -> None:
+        if self.stop.is_set():
+            raise Stopped("interrupted")
         output = status.get("output")
         if isinstance(output, dict) and isinstance(output.get("frames_done"), int):
             with self.lock:
@@ -303,6 +310,8 @@ def restore_part(
             return
         except (JobError, requests.RequestException) as exc:
             err = exc if isinstance(exc, JobError) else JobError(f"{type(exc).__name__}: {exc}")
+            if isinstance(err, Stopped):
+                raise
             if attempt == args.retries:
                 raise JobError(f"windows {list(part)} failed {attempt + 1} times; last error{err}") from None
             with board.lock:
@@ -351,16 +360,20 @@ def fan_out(transport: Transport, args: argparse.Namespace) -> int:
                 pool.submit(restore_part, transport, args, pinned, part, files[part], board)
                 for part in ranges if part not in board.finished
             ]
-            while not all(f.done() for f in futures):
-                line.show(board.text())
-                time.sleep(0.2)
+            try:
+                while not all(f.done() for f in futures):
+                    line.show(board.text())
+                    time.sleep(0.2)
+            except KeyboardInterrupt:
+                board.stop.set()  # each part cancels its job at its next poll
+                raise
             line.show(board.text())
             line.end()
             for future in futures:
                 future.result()
         target = args.output or default_output(args.source, plan)
         width, height = (int(n) for n in plan["resolution"].split("x"))
-        fmt = args.output_format or (target.suffix.lstrip(".") or "mp4")
+        fmt = args.output_format or "mp4"
         audio = source if plan["has_audio"] and args.keep_audio is not False else None
         crf = 18 if args.crf is None else args.crf
         rate = Fraction(plan["frame_rate"])
