@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     client = load_client()
     target = ["--url", args.url] if args.url else ["--endpoint", args.endpoint]
-    common = [args.source, *target, "--poll", "0.2", *extra]
+    common = [args.source, *target, "--poll", "0.1", *extra]
     folder = Path(tempfile.mkdtemp(prefix="bench-fanout-"))
 
     def timed(name: str, *more: str) -> float:
