@@ -32,6 +32,7 @@ HEALTH_KEYS = {
     "gpu_memory",
     "gpu_memory_free",
     "checkpoints",
+    "weights",
     "version",
 }
 
@@ -95,6 +96,7 @@ def test_health_before_any_model(env):
     assert health["status"] == "healthy" and health["model_initialized"] is False and health["model_type"] is None
     assert health["checkpoints"] == {"seedvr2_3b": True, "seedvr2_7b": True, "seedvr2_7b_sharp": True, "vae": True}
     assert health["cuda_available"] is False and health["gpu_memory"] == 0 and health["version"] == "0.1.0"
+    assert health["weights"]["state"] == "ready" and health["weights"]["waiting_for"] == []
 
 
 def test_initialize_each_model_and_swap(env):

@@ -320,5 +320,5 @@ def test_limits_from_env(monkeypatch):
     assert settings.limits.max_input_bytes == Limits().max_input_bytes == 200 * 1024 * 1024
     assert settings.progress_interval == 0.5
     monkeypatch.setenv("MAX_FRAMES", "many")
-    with pytest.raises(ValueError, match="MAX_FRAMES must be a positive number"):
+    with pytest.raises(ValueError, match="MAX_FRAMES must be a positive whole number"):
         Limits.from_env()

@@ -22,6 +22,7 @@ class ErrorCode(str, enum.Enum):
     GPU_OOM = "GPU_OOM"
     UPLOAD_FAILED = "UPLOAD_FAILED"
     CANCELLED = "CANCELLED"
+    CONFIG_ERROR = "CONFIG_ERROR"
     INTERNAL = "INTERNAL"
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -44,12 +43,12 @@ from .schema import (
     RestoreRequest,
     parse_request,
 )
-from .settings import BucketConfig, WorkerSettings
+from .settings import BucketConfig, SettingsError, WorkerSettings
+from .weights import Weights
 
 log = logging.getLogger("seedvr.worker")
 
 DEFAULT_FORMATS = {"video": "mp4", "image": "png"}
-CPU_SP_MAX_ENV = "SEEDVR_CPU_SP_MAX"  # sequence-parallel ranks allowed without CUDA (gloo; tests)
 A_KIND = {"video": "a video", "image": "an image"}
 FORMATS_BY_KIND = {"video": VIDEO_FORMATS, "image": IMAGE_FORMATS}
 
@@ -77,10 +76,16 @@ class Worker:
         self.sender = sender or default_sender()
         self._gpu = threading.Lock()
         self.group: RankGroup | None = None  # the resident model when sp_size > 1
+        self.weights = Weights(manager)
 
     @classmethod
     def from_env(cls) -> "Worker":
-        return cls(ModelManager(ManagerConfig.from_env()), WorkerSettings.from_env())
+        """Every setting is read and checked here, once; a bad one raises SettingsError naming it."""
+        try:
+            config, settings = ManagerConfig.from_env(), WorkerSettings.from_env()
+        except ValueError as err:
+            raise SettingsError(str(err)) from None
+        return cls(ModelManager(config), settings)
 
     # ------------------------------------------------------------------ entry points
 
@@ -102,6 +107,12 @@ class Worker:
             request = parse_request(job.get("input"))
             if isinstance(request, HealthRequest):
                 return self.health()
+            self.weights.wait(
+                self.settings.weights_wait,
+                partial(self.sender, job),
+                self.settings.progress_interval,
+                cancel.is_set,
+            )
             with self._gpu:
                 if isinstance(request, InitializeRequest):
                     return self.initialize(request)
@@ -135,6 +146,7 @@ class Worker:
             "sp_size": resident.sp_size if resident else None,
             **gpu_info(),
             "checkpoints": self.manager.checkpoint_status(),
+            "weights": self.weights.describe(),
             "version": seedvr.__version__,
         }
 
@@ -273,10 +285,7 @@ class Worker:
         """How many ranks this machine can run: one per GPU; on the CPU SEEDVR_CPU_SP_MAX (default 1)."""
         if self.manager.device.type == "cuda":
             return max(1, torch.cuda.device_count()), "the number of GPUs"
-        try:
-            return max(1, int(os.environ.get(CPU_SP_MAX_ENV, "1"))), f"{CPU_SP_MAX_ENV} on a CPU worker"
-        except ValueError:
-            raise WorkerError(ErrorCode.INTERNAL, f"{CPU_SP_MAX_ENV} must be an integer") from None
+        return self.settings.cpu_sp_max, "SEEDVR_CPU_SP_MAX on a CPU worker"
 
     def _spec(self, model_type: str, variant: str, sp_size: int) -> ModelSpec:
         variants = self.manager.variants(model_type)
