@@ -6,9 +6,16 @@
     # the local server started by scripts/serve_local.sh (or python handler.py --rp_serve_api)
     python scripts/client.py https://example.com/clip.mp4 --url http://127.0.0.1:8000 --scale 2
     python scripts/client.py --action health --url http://127.0.0.1:8000
+    # a long video over several workers: the plan, window ranges as parallel jobs, one stitched file
+    python scripts/client.py long.mp4 -o restored.mp4 --endpoint abc123xyz --workers 8 --resume parts/
 
 A local file travels as base64 inside the request (RunPod accepts at most 10 MB per /run request, about
 7.5 MB of file); for bigger inputs pass an http(s) URL, which the worker downloads itself.
+
+With --workers N the client asks for the video's window plan, restores ranges of windows as N (or
+--parts) jobs at once, retries a failed part up to --retries times, crossfades the parts with the
+pipeline's own code (seedvr.pipeline.parts.stitch) and encodes once with the input's audio: the same
+frames as one job would give. This mode needs the project's Python packages (torch, av).
 """
 
 from __future__ import annotations
@@ -17,8 +24,13 @@ import argparse
 import base64
 import json
 import os
+import shutil
 import sys
+import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +39,22 @@ import requests
 RUNPOD_API = os.environ.get("RUNPOD_ENDPOINT_BASE_URL", "https://api.runpod.ai/v2")
 RUNPOD_MAX_REQUEST_BYTES = 10 * 1024 * 1024
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class JobError(Exception):
+    """A call or a job that failed; the message is for the user, `code` the worker's error_code if any."""
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        self.code = code
+
+    def __str__(self) -> str:
+        return f" [{self.code}]: {self.args[0]}" if self.code else f": {self.args[0]}"
+
+
+class Stopped(JobError):
+    """The fan-out was interrupted: a part stops polling, cancels its job and is not retried."""
 
 
 class Transport:
@@ -58,7 +86,7 @@ class Transport:
     @staticmethod
     def _check(response: requests.Response) -> dict[str, Any]:
         if response.status_code >= 400:
-            sys.exit(f"error: HTTP {response.status_code} from {response.url}: {response.text[:500]}")
+            raise JobError(f"HTTP {response.status_code} from {response.url}: {response.text[:500]}")
         return response.json()
 
 
@@ -114,9 +142,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds to wait for the job (RunPod: also its executionTimeout; default: 3600)",
     )
     parser.add_argument("--poll", type=float, default=2.0, help="seconds between /status calls (default: 2)")
+    parser.add_argument(
+        "--no-scene-cuts", dest="scene_cuts", action="store_false", default=None,
+        help="plan the video as one shot (default: windows never span a hard cut)",
+    )
+    fan = parser.add_argument_group("fan-out (a video over several workers)")
+    fan.add_argument("--workers", type=int, help="restore window ranges as this many jobs at once")
+    fan.add_argument("--parts", type=int, help="window ranges to cut the video into (default: --workers)")
+    fan.add_argument("--retries", type=int, default=2, help="new attempts for a failed part (default 2)")
+    fan.add_argument("--resume", type=Path, metavar="DIR", help="keep finished parts in DIR and reuse them")
     args = parser.parse_args(argv)
     if args.action == "restore" and not args.source:
         parser.error("restore needs a source file or URL")
+    if args.workers is not None and (args.workers < 1 or args.action != "restore"):
+        parser.error("--workers needs a restore and at least 1 worker")
+    if (args.parts is not None and args.parts < 1) or args.retries < 0:
+        parser.error("--parts must be >= 1 and --retries >= 0")
     return args
 
 
@@ -136,6 +177,7 @@ OPTION_FIELDS = (
     "output_format",
     "crf",
     "output_mode",
+    "scene_cuts",
 )
 
 
@@ -164,27 +206,60 @@ def progress_line(output: Any) -> str | None:
     )
 
 
-def wait(transport: Transport, job_id: str, timeout: float, poll: float) -> dict[str, Any]:
+def wait(transport: Transport, job_id: str, timeout: float, poll: float, on_update=None) -> dict[str, Any]:
+    """Poll until the job ends; `on_update(status)` sees every status before that. Past `timeout` the job
+    is cancelled and JobError raised."""
     deadline = time.monotonic() + timeout
-    last = None
+    while True:
+        status = transport.status(job_id)
+        if status.get("status") in FINAL:
+            return status
+        if on_update is not None:
+            on_update(status)
+        if time.monotonic() > deadline:
+            outcome = transport.cancel(job_id)
+            raise JobError(f"job {job_id} not finished after {timeout:.0f} s; {outcome}")
+        time.sleep(poll)
+
+
+class Line:
+    """One progress line on stderr, rewritten in place."""
+
+    def __init__(self) -> None:
+        self.last: str | None = None
+
+    def show(self, text: str) -> None:
+        if text != self.last:
+            print(f"\r{text:<100}", end="", file=sys.stderr, flush=True)
+            self.last = text
+
+    def end(self) -> None:
+        if self.last:
+            print(file=sys.stderr)
+
+
+def job_body(args: argparse.Namespace, job_input: dict[str, Any]) -> dict[str, Any]:
+    body: dict[str, Any] = {"input": job_input}
+    if args.endpoint:
+        body["policy"] = {"executionTimeout": int(args.timeout * 1000)}
+    return body
+
+
+def run_job(
+    transport: Transport, args: argparse.Namespace, job_input: dict[str, Any], on_update=None
+) -> dict[str, Any]:
+    """Submit, wait, and return the output of a COMPLETED job; otherwise JobError with the worker's message."""
+    job_id = transport.submit(job_body(args, job_input))
     try:
-        while True:
-            status = transport.status(job_id)
-            state = status.get("status")
-            if state in FINAL:
-                if last:
-                    print(file=sys.stderr)
-                return status
-            line = progress_line(status.get("output")) or str(state)
-            if line != last:
-                print(f"\r{line:<100}", end="", file=sys.stderr, flush=True)
-                last = line
-            if time.monotonic() > deadline:
-                outcome = transport.cancel(job_id)
-                sys.exit(f"\nerror: job {job_id} not finished after {timeout:.0f} s; {outcome}")
-            time.sleep(poll)
-    except KeyboardInterrupt:
-        sys.exit(f"\njob {job_id}: {transport.cancel(job_id)}")
+        status = wait(transport, job_id, args.timeout, args.poll, on_update)
+    except (KeyboardInterrupt, Stopped):
+        print(f"\njob {job_id}: {transport.cancel(job_id)}", file=sys.stderr)
+        raise
+    output = status.get("output") if isinstance(status.get("output"), dict) else {}
+    if status.get("status") != "COMPLETED":
+        code = output.get("error_code") or status.get("status")
+        raise JobError(status.get("error") or f"job {job_id}: no message", code)
+    return output
 
 
 def default_output(source: str, output: dict[str, Any]) -> Path:
@@ -193,16 +268,154 @@ def default_output(source: str, output: dict[str, Any]) -> Path:
     return Path(f"{name}_restored.{ext}")
 
 
-def save(output: dict[str, Any], target: Path) -> None:
+def fetch_result(output: dict[str, Any], target: Path) -> None:
+    """The job's file, inline or from its presigned URL, into `target` (whole or not at all)."""
+    if not output.get("media") and not output.get("media_urls"):
+        raise JobError("the job completed without output (an answer over RunPod's size limit is dropped)")
+    tmp = target.with_name(target.name + ".tmp")
     if output.get("media"):
-        target.write_bytes(base64.b64decode(output["media"][0]))
+        tmp.write_bytes(base64.b64decode(output["media"][0]))
     else:
         with requests.get(output["media_urls"][0], stream=True, timeout=600) as response:
             response.raise_for_status()
-            with target.open("wb") as f:
+            with tmp.open("wb") as f:
                 for chunk in response.iter_content(1 << 20):
                     f.write(chunk)
-    print(f"saved {target} ({output.get('resolution')}, {output.get('media_type')})", file=sys.stderr)
+    tmp.replace(target)
+
+
+# ---------------------------------------------------------------------------------------------- fan-out
+
+
+def split_ranges(windows: int, parts: int) -> list[tuple[int, int]]:
+    """`parts` (at most one per window) contiguous ranges of about equal numbers of windows."""
+    parts = min(parts, windows)
+    bounds = [round(i * windows / parts) for i in range(parts + 1)]
+    return list(zip(bounds, bounds[1:]))
+
+
+class Board:
+    """The parts' progress, summed into one line: frames done over the frames of all parts."""
+
+    def __init__(self, spans: list[list[int]], ranges: list[tuple[int, int]]):
+        self.frames = {r: spans[r[1] - 1][1] - spans[r[0]][0] for r in ranges}
+        self.done: dict[tuple[int, int], int] = {}
+        self.finished: set[tuple[int, int]] = set()
+        self.retries = 0
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+
+    def update(self, part: tuple[int, int], status: dict[str, Any]) -> None:
+        if self.stop.is_set():
+            raise Stopped("interrupted")
+        output = status.get("output")
+        if isinstance(output, dict) and isinstance(output.get("frames_done"), int):
+            with self.lock:
+                self.done[part] = min(output["frames_done"], self.frames[part])
+
+    def finish(self, part: tuple[int, int]) -> None:
+        with self.lock:
+            self.finished.add(part)
+            self.done[part] = self.frames[part]
+
+    def text(self) -> str:
+        with self.lock:
+            done, total = sum(self.done.values()), sum(self.frames.values())
+            retried = f", {self.retries} retried" if self.retries else ""
+            return (
+                f"fan-out: {len(self.finished)}/{len(self.frames)} parts, frames {done}/{total} "
+                f"({100 * done / max(total, 1):.0f}%){retried}"
+            )
+
+
+def restore_part(
+    transport: Transport, args: argparse.Namespace, job_input: dict[str, Any], part: tuple[int, int], target: Path,
+    board: Board,
+) -> None:
+    """One window range as a job, tried up to 1 + args.retries times; its part file lands in `target`."""
+    for attempt in range(args.retries + 1):
+        try:
+            output = run_job(transport, args, {**job_input, "windows": list(part)}, lambda s: board.update(part, s))
+            fetch_result(output, target)
+            board.finish(part)
+            return
+        except (JobError, requests.RequestException) as exc:
+            err = exc if isinstance(exc, JobError) else JobError(f"{type(exc).__name__}: {exc}")
+            if isinstance(err, Stopped):
+                raise
+            if attempt == args.retries:
+                raise JobError(f"windows {list(part)} failed {attempt + 1} times; last error{err}") from None
+            with board.lock:
+                board.retries += 1
+            print(f"\nwindows {list(part)}: attempt {attempt + 1} failed (error{err}); retrying", file=sys.stderr)
+
+
+def local_copy(source: str, folder: Path) -> Path:
+    """The input on this machine (a URL is downloaded): its audio goes into the output, its hash keys --resume."""
+    if not source.startswith(("http://", "https://")):
+        return Path(source)
+    target = folder / "input"
+    fetch_result({"media_urls": [source]}, target)
+    return target
+
+
+def fan_out(transport: Transport, args: argparse.Namespace) -> int:
+    sys.path.insert(0, str(ROOT))
+    from seedvr import media
+    from seedvr.pipeline.parts import WindowStore, file_digest, stitch
+
+    scratch = Path(tempfile.mkdtemp(prefix="seedvr-fanout-"))
+    try:
+        source = local_copy(args.source, scratch)
+        request = {k: v for k, v in build_input(args).items() if k not in ("action", "output_format", "crf")}
+        plan = run_job(transport, args, {**request, "action": "plan"})
+        if plan["media_type"] != "video":
+            raise JobError("--workers restores videos; send an image as a single job")
+        pinned = {k: v for k, v in request.items() if k != "fps"}  # the output's rate is the client's business
+        pinned.update({k: plan[k] for k in ("batch_frames", "overlap_frames", "vae_tile")})
+        spans = plan["windows"]
+        ranges = split_ranges(len(spans), args.parts or args.workers)
+        print(f"plan: {plan['frames']} frames in {len(spans)} windows, {len(plan['scene_cuts'])} cut(s), "
+              f"{len(ranges)} parts over {args.workers} workers", file=sys.stderr)
+        store = WindowStore(args.resume or scratch / "parts")
+        settings = {k: v for k, v in pinned.items() if k not in ("media", "media_url")}
+        store.bind({"input_sha256": file_digest(source), "request": settings, "plan": plan})
+        files = {part: store.folder / f"part-{part[0]:06d}-{part[1]:06d}.npz" for part in ranges}
+        board = Board(spans, ranges)
+        for part in ranges:
+            if files[part].exists():
+                board.finish(part)
+        line = Line()
+        with ThreadPoolExecutor(args.workers) as pool:
+            futures = [
+                pool.submit(restore_part, transport, args, pinned, part, files[part], board)
+                for part in ranges if part not in board.finished
+            ]
+            try:
+                while not all(f.done() for f in futures):
+                    line.show(board.text())
+                    time.sleep(0.2)
+            except KeyboardInterrupt:
+                board.stop.set()  # each part cancels its job at its next poll
+                raise
+            line.show(board.text())
+            line.end()
+            for future in futures:
+                future.result()
+        target = args.output or default_output(args.source, plan)
+        width, height = (int(n) for n in plan["resolution"].split("x"))
+        fmt = args.output_format or "mp4"
+        audio = source if plan["has_audio"] and args.keep_audio is not False else None
+        crf = 18 if args.crf is None else args.crf
+        rate = Fraction(plan["frame_rate"])
+        writer = media.VideoWriter(target, width, height, rate, fmt=fmt, crf=crf, audio_from=audio)
+        with writer:
+            for chunk in stitch([files[part] for part in ranges], spans, plan["overlap_frames"]):
+                writer.write(chunk)
+        print(f"saved {target} ({plan['resolution']}, {plan['frames']} frames, {len(ranges)} parts)", file=sys.stderr)
+        return 0
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,28 +427,31 @@ def main(argv: list[str] | None = None) -> int:
         transport = Transport(f"{RUNPOD_API}/{args.endpoint}", api_key, local=False)
     else:
         transport = Transport(args.url, None, local=True)
-    body: dict[str, Any] = {"input": build_input(args)}
-    if args.endpoint:
-        body["policy"] = {"executionTimeout": int(args.timeout * 1000)}
-    job_id = transport.submit(body)
-    print(f"job {job_id} submitted", file=sys.stderr)
-    status = wait(transport, job_id, args.timeout, args.poll)
-    output = status.get("output") if isinstance(status.get("output"), dict) else {}
-    if status.get("status") != "COMPLETED":
-        code = output.get("error_code") or status.get("status")
-        print(f"error [{code}]: {status.get('error') or 'no message'}", file=sys.stderr)
+    try:
+        if args.workers:
+            return fan_out(transport, args)
+        return single_job(transport, args)
+    except JobError as err:
+        print(f"\nerror{err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\ncancelled", file=sys.stderr)
+        return 130
+
+
+def single_job(transport: Transport, args: argparse.Namespace) -> int:
+    line = Line()
+    output = run_job(transport, args, build_input(args), lambda status: line.show(
+        progress_line(status.get("output")) or str(status.get("status"))))
+    line.end()
     if args.action != "restore":
         print(json.dumps(output, indent=2))
         return 0
-    if not output.get("media") and not output.get("media_urls"):
-        print(
-            "error: the job completed without output (an answer over RunPod's size limit is dropped)", file=sys.stderr
-        )
-        return 1
     summary = {k: v for k, v in output.items() if k not in ("media", "videos")}
     print(json.dumps(summary, indent=2))
-    save(output, args.output or default_output(args.source, output))
+    target = args.output or default_output(args.source, output)
+    fetch_result(output, target)
+    print(f"saved {target} ({output.get('resolution')}, {output.get('media_type')})", file=sys.stderr)
     return 0
 
 

@@ -25,6 +25,7 @@ from seedvr.checkpoints import default_ckpt_dir
 from seedvr.manager import PROJECT_ROOT, ManagerConfig, ModelManager, ModelSpec, default_device
 from seedvr.media import MediaError
 from seedvr.pipeline import COLOR_FIXES, Progress, RestoreOptions
+from seedvr.pipeline.parts import WindowStore
 
 MODELS = {"3b": "seedvr2_3b", "7b": "seedvr2_7b"}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -90,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--crf", type=int, default=18, help="video quality, 0 (lossless) to 51 (worst), x264's scale")
     p.add_argument("--no-audio", action="store_true", help="do not copy the input's audio")
+    p.add_argument("--no-scene-cuts", dest="scene_cuts", action="store_false",
+                   help="plan the video as one shot (default: windows never span a hard cut)")
+    p.add_argument("--resume", type=Path, metavar="DIR",
+                   help="keep finished windows in DIR; run the same command again to compute only the missing ones")
     p.add_argument("-v", "--verbose", action="store_true", help="log the plan, the backends and each stage")
     return parser
 
@@ -119,6 +124,17 @@ def _output_format(path: Path, explicit: str | None) -> str | None:
     return {"jpeg": "jpg"}.get(suffix, suffix) or None
 
 
+def _store(args: argparse.Namespace, spec: ModelSpec, manager: ModelManager) -> WindowStore | None:
+    """The resume folder, keyed also by what the pipeline cannot see: the model and the compute dtype."""
+    if args.resume is None:
+        return None
+    if args.sp_size > 1:
+        raise ValueError("--resume works with --sp-size 1 only (every rank would have to agree on the stored windows)")
+    model = f"{spec.model_type}/{spec.variant}"
+    identity = {"model": model, "dtype": str(manager.dtype), "device": str(manager.device)}
+    return WindowStore(args.resume, identity)
+
+
 def join_ranks(sp_size: int, device: str | None) -> parallel.Ranks:
     """The sequence-parallel group this process belongs to, checked against how it was started."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -141,6 +157,7 @@ def restore(args: argparse.Namespace, ranks: parallel.Ranks) -> int:
     options = RestoreOptions(
         res_h=args.res_h, res_w=args.res_w, scale=args.scale, seed=args.seed, color_fix=args.color_fix,
         batch_frames=args.batch_frames, overlap_frames=args.overlap_frames, vae_tile=args.vae_tile,
+        scene_cuts=args.scene_cuts,
     )
     manager = ModelManager(
         ManagerConfig(ckpt_dir=args.ckpt_dir, config_dir=args.config_dir),
@@ -152,11 +169,12 @@ def restore(args: argparse.Namespace, ranks: parallel.Ranks) -> int:
         raise ValueError(f"--variant {args.variant} does not exist for --model {args.model}")
     load_seconds = manager.ensure(spec)
     bar = ProgressBar() if ranks.is_main else None
+    store = _store(args, spec, manager)
     try:
         result = parallel.restore_file(
             args.input, args.output, manager.models, options, ranks,
             keep_audio=not args.no_audio, output_format=_output_format(args.output, args.output_format),
-            crf=args.crf, progress=bar,
+            crf=args.crf, progress=bar, store=store,
         )
     finally:
         if bar is not None:
@@ -173,6 +191,8 @@ def restore(args: argparse.Namespace, ranks: parallel.Ranks) -> int:
     print(f"timings: {stages}")
     if ranks.size > 1:
         print(f"work per rank: {json.dumps(result.work, sort_keys=True)}")
+    if store is not None:
+        print(f"resume: {store.reused} of {result.windows} windows taken from {store.folder}")
     return 0
 
 

@@ -322,6 +322,16 @@ def iter_video(path: str | Path, chunk: int) -> Iterator[np.ndarray]:
             raise MediaError(f"{DECODE_FAILED}: no frame could be decoded")
 
 
+def iter_thumbnails(path: str | Path, size: int = 32) -> Iterator[np.ndarray]:
+    """Every frame as a uint8 ``[size, size]`` grayscale thumbnail (area-averaged, aspect ignored):
+    a cheap pass over a video for measures such as scene cuts."""
+    with _open_input(path) as container:
+        stream = _video_stream(container, path)
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            yield frame.to_ndarray(format="gray", width=size, height=size, interpolation="AREA")
+
+
 # --- encoding ---------------------------------------------------------------------------------
 
 

@@ -38,7 +38,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from seedvr import media, pipeline
-from seedvr.pipeline.restore import Plan, Stages, WindowJob, WindowTask, restore_window
+from seedvr.pipeline.restore import Plan, Stages, WindowJob, WindowTask
 from seedvr.models.attention import VarlenPlan, make_plan
 from seedvr.models.layers import unpatchify
 from seedvr.models.nadit import BlockContext, ForwardContext, NaDiT

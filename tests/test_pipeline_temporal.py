@@ -6,7 +6,7 @@ import torch
 
 from mediagen import pattern
 from seedvr.pipeline import RestorationModels, RestoreOptions, make_plan, restore, restore_frames
-from seedvr.pipeline.temporal import Crossfade, iter_windows, pad_to_4n1, padded_length, plan_windows
+from seedvr.pipeline.temporal import Crossfade, detect_cuts, iter_windows, join_windows, pad_to_4n1, padded_length, plan_windows
 
 CLIP = np.stack([pattern(i, 64, 48) for i in range(33)])  # smooth motion, 48x64
 
@@ -23,7 +23,7 @@ def test_padded_length_follows_official_cut():
 )
 def test_windows_cover_the_stream_once_in_order(total, window, overlap):
     chunks = [CLIP[i : min(i + 4, total)] for i in range(0, total, 4)]
-    windows = list(iter_windows(chunks, window, overlap))
+    windows = list(iter_windows(chunks, plan_windows(total, window, overlap)))
     assert [(s, s + len(f)) for s, f in windows] == plan_windows(total, window, overlap)
     for start, frames in windows:
         assert len(frames) <= window
@@ -97,3 +97,61 @@ def test_seam_metric_crossfade_hides_window_borders(monkeypatch):
     assert np.allclose(hard[inside], single[inside], atol=0.5)
     assert hard_ratio > 1.5  # the metric sees a seam when there is one
     assert faded_ratio < 1.3  # the crossfade keeps every transition close to the seamless run
+
+
+@pytest.mark.parametrize(
+    "window, overlap", [(5, 0), (5, 1), (5, 4), (9, 0), (9, 5), (13, 1), (17, 0), (17, 3), (21, 5), (33, 8), (101, 5)]
+)
+def test_windows_are_balanced_for_every_length(window, overlap):
+    """Over 1..400 frames: the fewest windows, each within the limit, covering every frame with the exact
+    overlap; 4n+1 lengths (so strides keep their phase) that differ by at most one VAE group; no
+    one-frame window in a video."""
+    for total in range(1, 401):
+        spans = plan_windows(total, window, overlap)
+        lengths = [stop - start for start, stop in spans]
+        assert spans[0][0] == 0 and spans[-1][1] == total
+        assert all(b[0] == a[1] - overlap for a, b in zip(spans, spans[1:])), spans
+        assert len(spans) == max(1, -(-(total - overlap) // (window - overlap))), spans
+        assert max(lengths) <= window
+        if total > 1:
+            assert min(lengths) >= 2, spans
+        padded = [padded_length(n) for n in lengths]
+        assert max(padded) - min(padded) <= 4, spans
+        assert lengths[-1] >= lengths[0] - 3, spans  # never a long run and then a short tail
+        if (window, overlap) != (5, 0):
+            assert all(n % 4 == 1 for n in lengths[:-1]), spans
+
+
+def test_balanced_windows_examples():
+    assert plan_windows(102, 101, 5) == [(0, 53), (48, 102)]  # not (0, 101) + (96, 102)
+    assert plan_windows(18, 17, 0) == [(0, 9), (9, 18)]  # not a lone 18th frame
+    assert plan_windows(6, 5, 0) == [(0, 3), (3, 6)]
+    assert plan_windows(7, 21, 5) == [(0, 7)]
+
+
+def test_shots_are_planned_on_their_own():
+    spans = plan_windows(40, 9, 5, cuts=[20, 27])
+    assert spans[:4] == plan_windows(20, 9, 5)
+    assert [(a - 20, b - 20) for a, b in spans[4:5]] == plan_windows(7, 9, 5)
+    assert [(a - 27, b - 27) for a, b in spans[5:]] == plan_windows(13, 9, 5)
+    assert not any(a < cut < b for a, b in spans for cut in (20, 27))
+    with pytest.raises(ValueError, match="cuts"):
+        plan_windows(40, 9, 5, cuts=[27, 20])
+
+
+def test_cut_detection_threshold_and_flashes():
+    dark, bright = np.full((32, 32), 40, np.uint8), np.full((32, 32), 200, np.uint8)
+    drift = [dark + i for i in range(10)]  # 1 level per frame: motion, not a cut
+    assert detect_cuts(drift) == ([], 10)
+    assert detect_cuts(drift + [bright] * 8) == ([10], 18)
+    assert detect_cuts([dark] * 10 + [dark + 31] * 6) == ([10], 16)  # just over CUT_THRESHOLD (30)
+    assert detect_cuts([dark] * 10 + [dark + 30] * 6) == ([], 16)
+    flash = [dark] * 10 + [bright] * 2 + [dark] * 10  # the change back 2 frames later is no second cut
+    assert detect_cuts(flash) == ([10], 22)
+    assert detect_cuts([dark] * 10 + [bright] * 3) == ([], 13)  # a last shot shorter than MIN_SHOT
+
+
+def test_join_windows_restarts_at_a_cut():
+    """Two shots: the first window of the second shot is not blended with the end of the first."""
+    joined = torch.cat(list(join_windows([(0, torch.zeros(5, 1)), (3, torch.ones(4, 1)), (7, torch.full((5, 1), 5.0))], 2)))
+    assert joined[:, 0].tolist() == pytest.approx([0, 0, 0, 1 / 3, 2 / 3, 1, 1, 5, 5, 5, 5, 5])

@@ -214,7 +214,7 @@ def test_bad_inputs_fail_with_one_string_and_the_worker_keeps_serving(env):
             "Unsupported media: could not decode the input as a video or an image",
         ),
         ({"media": ""}, "media is empty"),
-        ({"action": "upscale"}, "action must be one of health, initialize, restore (got 'upscale')"),
+        ({"action": "upscale"}, "action must be one of health, initialize, restore, plan (got 'upscale')"),
         ({"res_h": 720}, "No video data provided: give media, video, image or media_url"),
         ({"media": video, "res_h": "720"}, "res_h must be an integer between 64 and 4096"),
         ({"media": video, "res_w": 8192}, "res_w must be an integer between 64 and 4096"),

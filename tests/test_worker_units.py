@@ -52,8 +52,17 @@ def _error(payload) -> WorkerError:
         ({"media_url": "file:///etc/passwd"}, "media_url must be an http or https URL"),
         ({"action": "initialize", "sp_size": 0}, "sp_size must be an integer between 1 and 64"),
         ({"action": "restore"}, "No video data provided: give media, video, image or media_url"),
-        ({"action": "upscale"}, "action must be one of health, initialize, restore (got 'upscale')"),
+        ({"action": "upscale"}, "action must be one of health, initialize, restore, plan (got 'upscale')"),
         ("just a string", "input must be a JSON object"),
+        ({"media": "x", "windows": [3, 3]}, "windows must be [first, stop]: window indices of the plan, 0 <= first < stop"),
+        ({"media": "x", "windows": [-1, 2]}, "windows must be [first, stop]: window indices of the plan, 0 <= first < stop"),
+        ({"media": "x", "windows": [0, 1, 2]}, "windows must be [first, stop]: window indices of the plan, 0 <= first < stop"),
+        ({"media": "x", "windows": [0, 1], "output_format": "mp4"}, "output_format does not apply to windows: a window part is always an npz file"),
+        ({"action": "plan", "media": "x", "windows": [0, 1]}, "windows belongs to restore: a plan covers the whole input"),
+        ({"action": "plan"}, "No video data provided: give media, video, image or media_url"),
+        ({"media": "x", "vae_tile": 100}, "vae_tile must be 0 (never tile) or a multiple of 16 between 64 and 4096"),
+        ({"media": "x", "vae_tile": 48}, "vae_tile must be 0 (never tile) or a multiple of 16 between 64 and 4096"),
+        ({"media": "x", "scene_cuts": 0}, "scene_cuts must be true or false"),
     ],
 )
 def test_invalid_requests_name_field_and_rule(payload, message):

@@ -8,6 +8,7 @@ from .colorfix import COLOR_FIXES
 from .reference import restore_reference
 from .restore import (
     Cancelled,
+    OutsidePlan,
     Plan,
     Progress,
     RestorationModels,
@@ -21,6 +22,7 @@ from .restore import (
 __all__ = [
     "COLOR_FIXES",
     "Cancelled",
+    "OutsidePlan",
     "Plan",
     "Progress",
     "RestorationModels",

@@ -1,6 +1,7 @@
 """User mode: restore a video or image file, window by window, streaming from file to file.
 
-Per temporal window: resize to the output size and pad to the 16-pixel grid, pad the frame count to
+A video is first scanned at thumbnail size (exact frame count, hard cuts), then planned into balanced
+windows per shot. Per temporal window: resize to the output size and pad to the 16-pixel grid, pad the frame count to
 4n+1, VAE-encode (optionally tiled) with seeded noise, one DiT step, VAE-decode, crop the padding,
 colour-fix against the resized input, crossfade with the previous window, quantise, write. Only about
 one window of frames is in memory at any time. docs/pipeline.md explains the rules and the choices.
@@ -8,14 +9,16 @@ one window of frames is in memory at any time. docs/pipeline.md explains the rul
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,9 +28,13 @@ from . import geometry, sampling
 from .colorfix import COLOR_FIXES, color_fix
 from .faults import retry_transient
 from .noise import window_noise
+from .parts import WindowPart, WindowStore, file_digest, final_frames, save_parts
 from .prefetch import BackgroundWriter, prefetch, to_device
-from .temporal import Crossfade, check_window, default_overlap, floor_4n1, iter_windows, pad_to_4n1, plan_windows
+from .temporal import check_window, default_overlap, detect_cuts, floor_4n1, iter_windows, pad_to_4n1, plan_windows
 from .tiling import SPATIAL_FACTOR, TileMap, Tiling, in_order, vae_decode, vae_encode
+
+if TYPE_CHECKING:  # PyAV is imported only where a file is read or written (the GPU check runs without it)
+    from seedvr import media
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +95,7 @@ class RestoreOptions:
     """Settings of one restoration. ``res_h * res_w`` is an area (aspect kept); ``scale`` replaces it.
 
     ``batch_frames``/``overlap_frames``/``vae_tile``: None picks automatically; ``vae_tile=0`` never tiles.
+    ``scene_cuts``: plan each shot of a video on its own (no window or crossfade crosses a hard cut).
     """
 
     res_h: int = 1280
@@ -101,6 +109,7 @@ class RestoreOptions:
     cfg_scale: float = 1.0
     cfg_rescale: float = 0.0
     sample_steps: int = 1
+    scene_cuts: bool = True
 
     def __post_init__(self) -> None:
         if self.scale is None and (self.res_h < 1 or self.res_w < 1):
@@ -140,6 +149,10 @@ class Cancelled(Exception):
     """Raised between windows when ``should_cancel()`` says so."""
 
 
+class OutsidePlan(ValueError):
+    """A window range that the plan of the input does not have."""
+
+
 @dataclass
 class RestoreResult:
     media_type: str
@@ -150,6 +163,7 @@ class RestoreResult:
     timings: dict[str, float]
     path: Path
     work: dict[int, dict[str, int]] = field(default_factory=dict)  # sequence parallel: rank -> work counts
+    windows: int = 1  # of the plan
 
 
 @dataclass(frozen=True)
@@ -163,6 +177,7 @@ class Plan:
     overlap: int
     tiling: Tiling | None
     frames: int  # expected input frames (from the container, 0 if unknown; 1 for an image)
+    cuts: tuple[int, ...] = ()  # first frames of the shots after the first
 
     @property
     def padded_size(self) -> tuple[int, int]:
@@ -170,8 +185,20 @@ class Plan:
         return self.size[0] + top + bottom, self.size[1] + left + right
 
     @property
+    def spans(self) -> list[tuple[int, int]]:
+        """``(start, stop)`` input frames of every window, in order."""
+        return plan_windows(max(self.frames, 1), self.window, self.overlap, self.cuts)
+
+    @property
     def windows(self) -> int:
-        return len(plan_windows(max(self.frames, 1), self.window, self.overlap))
+        return len(self.spans)
+
+    def describe(self) -> dict:
+        """What fixes the windows' outputs besides the options and the models: a resume key, a part's meta."""
+        return {
+            "size": list(self.size), "window": self.window, "overlap": self.overlap, "frames": self.frames,
+            "vae_tile": self.tiling.tile if self.tiling else 0, "cuts": list(self.cuts), "spans": self.spans,
+        }
 
     @property
     def window_pixels(self) -> int:
@@ -216,8 +243,10 @@ def auto_window(padded_size: tuple[int, int], tiling: Tiling | None, budget: int
     return min(MAX_WINDOW, max(MIN_WINDOW, floor_4n1(frames)))
 
 
-def make_plan(height: int, width: int, frames: int, models: RestorationModels, options: RestoreOptions) -> Plan:
-    """Output size (even, area or scale rule), grid padding, window, overlap and tiling.
+def make_plan(
+    height: int, width: int, frames: int, models: RestorationModels, options: RestoreOptions, cuts: tuple[int, ...] = ()
+) -> Plan:
+    """Output size (even, area or scale rule), grid padding, window, overlap and tiling; ``cuts`` start shots.
 
     One frame (an image) is restored on its own, without temporal padding.
     """
@@ -232,10 +261,11 @@ def make_plan(height: int, width: int, frames: int, models: RestorationModels, o
         window = options.batch_frames or auto_window(padded, tiling, budget, models.dtype)
         overlap = default_overlap(window) if options.overlap_frames is None else options.overlap_frames
     check_window(window, overlap)
-    plan = Plan((height, width), size, pads, window, overlap, tiling, frames)
+    plan = Plan((height, width), size, pads, window, overlap, tiling, frames, tuple(cuts))
     logger.info(
-        "plan: %dx%d -> %dx%d (padded %dx%d), window %d, overlap %d, tiling %s, %s %s",
-        width, height, size[1], size[0], padded[1], padded[0], window, overlap, tiling, models.device, models.dtype,
+        "plan: %dx%d -> %dx%d (padded %dx%d), window %d, overlap %d, %d windows, cuts %s, tiling %s, %s %s",
+        width, height, size[1], size[0], padded[1], padded[0], window, overlap, plan.windows, list(cuts), tiling,
+        models.device, models.dtype,
     )
     return plan
 
@@ -283,16 +313,28 @@ class Stages:
 @dataclass
 class WindowTask:
     """What restoring any window of one file needs besides the window itself: a window map calls
-    ``restore`` for each window it computes, with other models if it likes (e.g. a rank's own)."""
+    ``restore`` for each window it computes, with other models if it likes (e.g. a rank's own).
+
+    With a ``store`` (resume), a window found there is loaded instead of restored, and a restored one is
+    saved there first; both then come as the store returns them, so a resumed run equals an uninterrupted one.
+    """
 
     models: RestorationModels
     options: RestoreOptions
     plan: Plan
     stages: Stages
+    store: WindowStore | None = None
 
     def restore(self, job: WindowJob, models: RestorationModels | None = None) -> torch.Tensor:
         self.stages.window = job.index
-        return restore_window(job.frames, models or self.models, self.options, self.plan, job.start, self.stages)
+        part = self.store.get(job.index - 1) if self.store is not None else None
+        if part is None:
+            out = restore_window(job.frames, models or self.models, self.options, self.plan, job.start, self.stages)
+            if self.store is None:
+                return out
+            part = WindowPart.of(job.index - 1, self.plan.spans, out)
+            self.store.put(part)
+        return part.frames()
 
 
 def preprocess(frames: np.ndarray, plan: Plan, device: torch.device | str) -> torch.Tensor:
@@ -376,12 +418,34 @@ def _timed(chunks: Iterable[np.ndarray], stages: Stages, stage: str) -> Iterator
         yield chunk
 
 
-def _jobs(chunks: Iterable[np.ndarray], plan: Plan, should_cancel: Callable[[], bool] | None) -> Iterator[WindowJob]:
-    """The windows of a stream of chunks, checking for a cancel before each one."""
-    for index, (start, frames) in enumerate(iter_windows(chunks, plan.window, plan.overlap), 1):
+def _jobs(
+    chunks: Iterable[np.ndarray], plan: Plan, should_cancel: Callable[[], bool] | None, only: range
+) -> Iterator[WindowJob]:
+    """The plan's windows in ``only`` (0-based) cut from a stream of chunks, checking for a cancel before each."""
+    spans = plan.spans
+    for index, (start, frames) in enumerate(iter_windows(chunks, spans)):
+        if index >= only.stop:
+            return
+        if index < only.start:
+            continue
         if should_cancel is not None and should_cancel():
-            raise Cancelled(f"cancelled before window {index} of {max(plan.windows, index)}")
-        yield WindowJob(index, start, frames)
+            raise Cancelled(f"cancelled before window {index + 1} of {len(spans)}")
+        yield WindowJob(index + 1, start, frames)
+
+
+def window_outputs(
+    chunks: Iterable[np.ndarray], models: RestorationModels, options: RestoreOptions, plan: Plan, stages: Stages,
+    should_cancel: Callable[[], bool] | None = None, only: range | None = None, store: WindowStore | None = None,
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """``(index, start, colour-fixed float frames)`` of the plan's windows (those in ``only``), in order.
+
+    ``models.map_windows`` computes them (here, or dealt to sequence-parallel ranks, whose other ranks
+    yield none). With ``store`` a window found there is loaded instead of restored (:class:`WindowTask`).
+    """
+    task = WindowTask(models, options, plan, stages, store)
+    jobs = _jobs(chunks, plan, should_cancel, only or range(plan.windows))
+    for job, out in models.map_windows(jobs, task):
+        yield job.index - 1, job.start, out
 
 
 def restore_frames(
@@ -391,6 +455,7 @@ def restore_frames(
     plan: Plan,
     stages: Stages,
     should_cancel: Callable[[], bool] | None = None,
+    store: WindowStore | None = None,
 ) -> Iterator[np.ndarray]:
     """Restore a stream of uint8 ``[n, H, W, 3]`` chunks; yields uint8 ``[m, h, w, 3]`` chunks in order.
 
@@ -398,15 +463,8 @@ def restore_frames(
     ``models.map_windows`` may compute the windows anywhere; it yields them in order (a sequence-parallel
     group's other ranks yield none and restore only their own).
     """
-    fade = Crossfade(plan.overlap)
-    task = WindowTask(models, options, plan, stages)
-    for job, restored in models.map_windows(_jobs(chunks, plan, should_cancel), task):
-        ready = fade.push(job.start, restored)
-        if len(ready):
-            yield geometry.to_uint8_hwc(ready).numpy()
-    rest = fade.finish()
-    if rest is not None and len(rest):
-        yield geometry.to_uint8_hwc(rest).numpy()
+    outputs = window_outputs(chunks, models, options, plan, stages, should_cancel, store=store)
+    return final_frames(((start, out) for _, start, out in outputs), plan.overlap)
 
 
 def _resolve_kind(detected: str, requested: str) -> str:
@@ -419,7 +477,7 @@ def _resolve_kind(detected: str, requested: str) -> str:
     return detected
 
 
-def _frame_rate(fps: float | Fraction) -> Fraction:
+def frame_rate(fps: float | Fraction) -> Fraction:
     """A requested rate as a small fraction (23.976 -> 2997/125, 29.97002997 -> 30000/1001)."""
     rate = Fraction(fps).limit_denominator(1001)
     if rate <= 0:
@@ -457,6 +515,50 @@ def _drop(restored: Iterator[np.ndarray]) -> int:
     return sum(len(chunk) for chunk in restored)
 
 
+def plan_file(
+    src: Path, models: RestorationModels, options: RestoreOptions, media_type: str = "auto"
+) -> tuple[media.MediaInfo, str, Plan]:
+    """``(info, kind, plan)`` of a file. A video is scanned once at thumbnail size first: that counts its
+    frames exactly and finds its hard cuts (``options.scene_cuts``) before any window is planned."""
+    from seedvr import media
+
+    info = media.probe(src)
+    kind = _resolve_kind(info.kind, media_type)
+    if kind == "image":
+        return info, kind, make_plan(info.height, info.width, 1, models, options)
+    cuts, frames = detect_cuts(media.iter_thumbnails(src))
+    cuts = tuple(cuts) if options.scene_cuts else ()
+    return info, kind, make_plan(info.height, info.width, frames, models, options, cuts)
+
+
+def _write_parts(
+    outputs: Iterator[tuple[int, int, torch.Tensor]], dst: Path, plan: Plan, only: range, stages: Stages
+) -> int:
+    """Save windows ``only`` as one part file (docs/API.md); returns the frames they cover."""
+    spans = plan.spans
+    first = spans[only.start][0]
+
+    def parts() -> Iterator[WindowPart]:
+        for index, _, out in outputs:
+            yield WindowPart.of(index, spans, out)
+            stages.frames_done = spans[index][1] - first
+            stages.report("write")
+
+    with stages("write", report=False):
+        save_parts(dst, parts(), {"plan": plan.describe(), "range": [only.start, only.stop]})
+    return spans[only.stop - 1][1] - first
+
+
+def _window_range(windows: tuple[int, int], plan: Plan) -> range:
+    first, stop = windows
+    if not 0 <= first < stop <= plan.windows:
+        raise OutsidePlan(
+            f"windows must be [first, stop] with 0 <= first < stop <= {plan.windows} (the plan's windows), "
+            f"got [{first}, {stop}]"
+        )
+    return range(first, stop)
+
+
 def restore_file(
     src: str | Path,
     dst: str | Path,
@@ -471,33 +573,48 @@ def restore_file(
     progress: Callable[[Progress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     write: bool = True,
+    windows: tuple[int, int] | None = None,
+    store: WindowStore | None = None,
 ) -> RestoreResult:
     """Restore ``src`` into ``dst`` (image in -> image out, video in -> video out with its audio).
 
     Streams: frames are decoded, restored and encoded window by window. On any failure (including
     :class:`Cancelled`) the partial ``dst`` is removed. ``write=False`` restores every window but
     drops the frames: the other ranks of a sequence-parallel group, whose main rank writes ``dst``.
+    ``windows=(first, stop)`` restores only those windows of the plan and writes them to ``dst`` as a
+    part file (:mod:`.parts`) for a client to stitch. ``store`` keeps every finished window (resume).
     """
     from seedvr import media
 
     started = time.perf_counter()
     src, dst = Path(src), Path(dst)
-    info = media.probe(src)
-    kind = _resolve_kind(info.kind, media_type)
-    plan = make_plan(info.height, info.width, 1 if kind == "image" else info.frames, models, options)
-    stages = Stages(models.device, plan.windows, plan.frames, progress, plan.window_pixels)
-    out_fps = None if kind == "image" else _frame_rate(fps) if fps else info.fps
+    info, kind, plan = plan_file(src, models, options, media_type)
+    only = _window_range(windows, plan) if windows is not None else None
+    if store is not None:
+        store.bind({"input_sha256": file_digest(src), "options": dataclasses.asdict(options), "plan": plan.describe()})
+    frames_total = plan.frames if only is None else plan.spans[only.stop - 1][1] - plan.spans[only.start][0]
+    stages = Stages(models.device, plan.windows, frames_total, progress, plan.window_pixels)
+    stages.timings["scan"] = time.perf_counter() - started
+    out_fps = None if kind == "image" else frame_rate(fps) if fps else info.fps
     try:
         if kind == "image":
             with stages("decode", report=False):
                 image = media.read_image(src)[None]
             restored = restore_frames([image], models, options, plan, stages, should_cancel)
             frames = _write_image(restored, dst, output_format or "png", stages) if write else _drop(restored)
+        elif only is not None:
+            chunks = _timed(media.iter_video(src, READ_CHUNK), stages, "decode")
+            outputs = window_outputs(chunks, models, options, plan, stages, should_cancel, only=only)
+            if write:
+                frames = _write_parts(outputs, dst, plan, only, stages)
+            else:
+                frames = frames_total
+                deque(outputs, maxlen=0)  # restore the windows; the main rank writes them
         else:
             ahead = -(-plan.window // READ_CHUNK) if PIPELINED else 0  # chunks of one window
             decoded = _timed(media.iter_video(src, READ_CHUNK), stages, "decode")
             with prefetch(decoded, ahead, "seedvr-decode") as chunks:
-                restored = restore_frames(chunks, models, options, plan, stages, should_cancel)
+                restored = restore_frames(chunks, models, options, plan, stages, should_cancel, store)
                 if write:
                     audio_from = src if keep_audio and info.has_audio else None
                     writer = media.VideoWriter(
@@ -521,4 +638,5 @@ def restore_file(
         fps=None if out_fps is None else float(out_fps),
         timings=dict(stages.timings),
         path=dst,
+        windows=plan.windows,
     )

@@ -5,13 +5,23 @@ The causal VAE needs ``4n + 1`` frames (or a single image). A long video is cut 
 restored on its own and the shared frames are crossfaded linearly from the earlier window to the
 later one, so the switch happens gradually instead of at one frame. Inputs arrive as a stream of
 chunks and outputs leave as soon as no later window can change them: memory holds about one window.
+
+Windows are planned per shot: hard cuts (found by a cheap frame-difference measure before planning)
+split the video into shots, each cut into balanced windows of its own, so no window and no crossfade
+crosses a cut. The plan depends only on the frame count, the cuts and the settings: any process that
+restores some of the windows (a sequence-parallel rank, a fanned-out worker, a resumed run) agrees on it.
 """
 
-from collections.abc import Iterable, Iterator
+import math
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+
+CUT_THRESHOLD = 30.0  # mean absolute difference of consecutive 32x32 grayscale thumbnails, levels of 255
+MIN_SHOT = 5  # frames: a shorter "shot" (a flash) is not cut off
 
 
 def is_4n1(n: int) -> bool:
@@ -51,16 +61,43 @@ def default_overlap(window: int) -> int:
     return 1 if window <= 5 else 5
 
 
-def plan_windows(total: int, window: int, overlap: int) -> list[tuple[int, int]]:
-    """``(start, stop)`` of every window over ``total`` frames, as :func:`iter_windows` yields them."""
+def plan_windows(total: int, window: int, overlap: int, cuts: Sequence[int] = ()) -> list[tuple[int, int]]:
+    """``(start, stop)`` of every window over ``total`` frames: each shot (cut at ``cuts``) on its own.
+
+    No window spans a cut, so no crossfade crosses one. Within a shot see :func:`shot_windows`.
+    """
     check_window(window, overlap)
+    bounds = [0, *cuts, total]
+    if any(b <= a for a, b in zip(bounds, bounds[1:])):
+        raise ValueError(f"cuts must be increasing frame numbers inside 1..{total - 1}, got {list(cuts)}")
+    shots = zip(bounds, bounds[1:])
+    return [(a + start, a + stop) for a, b in shots for start, stop in shot_windows(b - a, window, overlap)]
+
+
+def shot_windows(total: int, window: int, overlap: int) -> list[tuple[int, int]]:
+    """Balanced windows over one shot of ``total`` frames (docs/pipeline.md, "Temporal windows").
+
+    The fewest windows of at most ``window`` frames that cover the shot, sharing ``overlap`` frames
+    with each neighbour; the frames they must hold are shared out as evenly as 4n+1 lengths allow
+    (lengths differ by at most 4, the shorter first), so every stride is ``1 - overlap`` modulo 4 and
+    no long run ends in a short tail. The last window drops the 0-3 frames the rounding overshoots
+    (they come back as 4n+1 padding). Windows of 5 with no overlap cannot avoid a 1-frame window with
+    4n+1 lengths: there the lengths are equal within one frame instead (each padded to 5).
+    """
+    if total <= window:
+        return [(0, total)]
+    count = math.ceil((total - overlap) / (window - overlap))
+    held = total + (count - 1) * overlap  # frames of all windows together
+    groups, extra = divmod(math.ceil((held - count) / 4), count)
+    if groups:
+        lengths = [4 * (groups + (i >= count - extra)) + 1 for i in range(count)]
+    else:
+        lengths = [held // count + (i >= count - held % count) for i in range(count)]
     spans, start = [], 0
-    while True:
-        stop = min(start + window, total)
-        spans.append((start, stop))
-        if start + window >= total:
-            return spans
-        start += window - overlap
+    for length in lengths:
+        spans.append((start, min(start + length, total)))
+        start += length - overlap
+    return spans
 
 
 def check_window(window: int, overlap: int) -> None:
@@ -70,25 +107,26 @@ def check_window(window: int, overlap: int) -> None:
         raise ValueError(f"overlap_frames must be between 0 and batch_frames - 1 = {window - 1}, got {overlap}")
 
 
-def iter_windows(chunks: Iterable[np.ndarray], window: int, overlap: int) -> Iterator[tuple[int, np.ndarray]]:
-    """Regroup a stream of frame chunks ``[n, ...]`` into ``(start, frames)`` windows.
+def iter_windows(chunks: Iterable[np.ndarray], spans: Sequence[tuple[int, int]]) -> Iterator[tuple[int, np.ndarray]]:
+    """Regroup a stream of frame chunks ``[n, ...]`` into the windows ``spans`` (from :func:`plan_windows`).
 
-    Windows hold ``window`` frames except the last, which holds what is left (it is padded to 4n+1
-    later); each starts ``window - overlap`` frames after the previous one. Only about one window of
-    frames is buffered.
+    Yields ``(start, frames)`` per window, in order; only about one window of frames is buffered. A
+    stream shorter or longer than the plan is an error (the plan was made for a known frame count).
     """
-    check_window(window, overlap)
-    buffer: np.ndarray | None = None
-    start, covered = 0, 0  # covered: frames already inside a yielded window
-    for chunk in chunks:
-        buffer = chunk if buffer is None else np.concatenate([buffer, chunk])
-        while len(buffer) >= window:
-            yield start, buffer[:window]
-            covered = start + window
-            buffer = buffer[window - overlap :]
-            start += window - overlap
-    if buffer is not None and start + len(buffer) > covered:
-        yield start, buffer
+    buffer, offset = None, 0  # offset: the frame number of buffer[0]
+    chunks = iter(chunks)
+    for start, stop in spans:
+        while buffer is None or offset + len(buffer) < stop:
+            chunk = next(chunks, None)
+            if chunk is None:
+                got = offset + (0 if buffer is None else len(buffer))
+                raise ValueError(f"the video has {got} frames, but its plan expects {spans[-1][1]}")
+            buffer = chunk if buffer is None else np.concatenate([buffer, chunk])
+        buffer, offset = buffer[start - offset :], start
+        yield start, buffer[: stop - start]
+    rest = sum(len(chunk) for chunk in chunks) + (0 if buffer is None else offset + len(buffer) - spans[-1][1])
+    if rest:
+        raise ValueError(f"the video has {spans[-1][1] + rest} frames, but its plan expects {spans[-1][1]}")
 
 
 @dataclass
@@ -125,3 +163,47 @@ class Crossfade:
     def finish(self) -> torch.Tensor | None:
         held, self.held = self.held, None
         return held
+
+
+def join_windows(outputs: Iterable[tuple[int, torch.Tensor]], overlap: int) -> Iterator[torch.Tensor]:
+    """Crossfade window outputs ``(start, frames)`` given in order into a stream of final frames.
+
+    A window that starts where the previous one ended (the first window of a shot) starts a new
+    :class:`Crossfade`, so nothing is blended across a cut.
+    """
+    fade = Crossfade(overlap)
+    for start, frames in outputs:
+        if start >= fade.next_frame:
+            yield from _flush(fade)
+            fade = Crossfade(overlap, next_frame=start)
+        ready = fade.push(start, frames)
+        if len(ready):
+            yield ready
+    yield from _flush(fade)
+
+
+def _flush(fade: Crossfade) -> Iterator[torch.Tensor]:
+    held = fade.finish()
+    if held is not None and len(held):
+        yield held
+
+
+def detect_cuts(
+    thumbnails: Iterable[np.ndarray], threshold: float = CUT_THRESHOLD, min_shot: int = MIN_SHOT
+) -> tuple[list[int], int]:
+    """Hard cuts of a video from its small grayscale frames; returns ``(cuts, frame count)``.
+
+    A cut is a frame whose mean absolute difference from the previous frame exceeds ``threshold``
+    (levels of 255). A cut closer than ``min_shot`` frames to the previous cut or to either end of the
+    video is ignored (a flash is no shot). Holds two thumbnails at a time.
+    """
+    cuts, previous, count = [], None, 0
+    for thumb in thumbnails:
+        thumb = thumb.astype(np.int16)
+        if previous is not None and np.abs(thumb - previous).mean() > threshold:
+            if count - (cuts[-1] if cuts else 0) >= min_shot:
+                cuts.append(count)
+        previous, count = thumb, count + 1
+    if cuts and count - cuts[-1] < min_shot:
+        cuts.pop()
+    return cuts, count

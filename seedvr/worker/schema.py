@@ -13,7 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from .errors import ErrorCode, WorkerError
 
-ACTIONS = ("health", "initialize", "restore")
+ACTIONS = ("health", "initialize", "restore", "plan")
 MEDIA_FIELDS = ("media", "video", "image")
 MODEL_TYPES = ("seedvr2_3b", "seedvr2_7b")
 VIDEO_FORMATS = ("mp4", "webm", "mov")
@@ -42,6 +42,18 @@ def _check_4n_plus_1(value: int | None) -> int | None:
     return value
 
 
+def _check_vae_tile(value: int | None) -> int | None:
+    if value is not None and value != 0 and (value < 64 or value % 16):
+        raise ValueError("not 0 or a multiple of 16 of at least 64")
+    return value
+
+
+def _check_window_range(value: list[int] | None) -> list[int] | None:
+    if value is not None and (len(value) != 2 or not 0 <= value[0] < value[1]):
+        raise ValueError("not [first, stop] with 0 <= first < stop")
+    return value
+
+
 def _check_http_url(value: str | None) -> str | None:
     if value is not None:
         parsed = urlparse(value)
@@ -53,7 +65,7 @@ def _check_http_url(value: str | None) -> str | None:
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    action: Literal["health", "initialize", "restore"] | None = None
+    action: Literal["health", "initialize", "restore", "plan"] | None = None
 
 
 class ModelSelection(_Request):
@@ -107,6 +119,17 @@ class RestoreRequest(ModelSelection):
     ]
     crf: Annotated[int, _int(0, 51, 18)]
     output_mode: Annotated[Literal["auto", "inline", "upload"], _choice(("auto", "inline", "upload"), "auto")]
+    scene_cuts: Annotated[bool, Field(True, description="true or false")]
+    vae_tile: Annotated[
+        int | None,
+        Field(None, ge=0, le=4096, description="0 (never tile) or a multiple of 16 between 64 and 4096"),
+        AfterValidator(_check_vae_tile),
+    ]
+    windows: Annotated[
+        list[int] | None,
+        Field(None, description="[first, stop]: window indices of the plan, 0 <= first < stop"),
+        AfterValidator(_check_window_range),
+    ]
 
     @model_validator(mode="after")
     def _consistent(self) -> "RestoreRequest":
@@ -130,6 +153,8 @@ class RestoreRequest(ModelSelection):
                 f"output_format {self.output_format} does not fit media_type {self.media_type}: "
                 f"use one of {', '.join(fits)}"
             )
+        if self.windows is not None and self.output_format is not None:
+            raise ValueError("output_format does not apply to windows: a window part is always an npz file")
         return self
 
     @property
@@ -138,10 +163,21 @@ class RestoreRequest(ModelSelection):
         return next(name for name in (*MEDIA_FIELDS, "media_url") if getattr(self, name) is not None)
 
 
+class PlanRequest(RestoreRequest):
+    """The fields of `restore` (the plan depends on them); answers the window plan without restoring."""
+
+    @model_validator(mode="after")
+    def _no_range(self) -> "PlanRequest":
+        if self.windows is not None:
+            raise ValueError("windows belongs to restore: a plan covers the whole input")
+        return self
+
+
 REQUESTS: dict[str, type[BaseModel]] = {
     "health": HealthRequest,
     "initialize": InitializeRequest,
     "restore": RestoreRequest,
+    "plan": PlanRequest,
 }
 
 

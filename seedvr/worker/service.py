@@ -29,15 +29,24 @@ from seedvr.checkpoints import CheckpointError
 from seedvr.manager import ManagerConfig, ModelManager, ModelNotReady, ModelSpec
 from seedvr.media import MediaError, MediaInfo, MediaTooLarge, probe
 from seedvr.models.compiled import compile_regions
-from seedvr.pipeline import Cancelled, RestoreOptions, RestoreResult, make_plan, restore_file, restore_frames
-from seedvr.pipeline.restore import Stages
+from seedvr.pipeline import (
+    Cancelled, OutsidePlan, RestorationModels, RestoreOptions, RestoreResult, make_plan, restore_file, restore_frames,
+)
+from seedvr.pipeline.restore import Stages, frame_rate, plan_file
 from seedvr.pipeline.geometry import output_size
 
 from . import media_in, media_out
 from .errors import ErrorCode, WorkerError, classify_failure, error_response
 from .progress import ProgressReporter, Sender, default_sender
 from .ranks import GroupConfig, RankFailure, RankGroup
-from .schema import FORMATS_BY_KIND, HealthRequest, InitializeRequest, RestoreRequest, parse_request
+from .schema import (
+    FORMATS_BY_KIND,
+    HealthRequest,
+    InitializeRequest,
+    PlanRequest,
+    RestoreRequest,
+    parse_request,
+)
 from .settings import BucketConfig, SettingsError, WorkerSettings, compile_requested
 from .watchdog import Stalled, Watchdog, run_watched
 from .weights import Weights
@@ -112,6 +121,8 @@ class Worker:
             with self._gpu:
                 if isinstance(request, InitializeRequest):
                     return self.initialize(request)
+                if isinstance(request, PlanRequest):
+                    return self.plan(request)
                 return self._restore_watched(job, request, cancel)
         except Exception as exc:  # noqa: BLE001 - the contract: one string error, never a traceback
             error = classify_failure(_known_failure(exc), job_id)
@@ -208,7 +219,8 @@ class Worker:
             step = time.perf_counter()
             if self._ensure(spec):
                 timings["load_model"] = _seconds(step)
-            fmt = request.output_format or DEFAULT_FORMATS[info.kind]
+            fmt = "npz" if request.windows else request.output_format or DEFAULT_FORMATS[info.kind]
+            part = {"windows": tuple(request.windows)} if request.windows else {}
             run = partial(restore_file, models=self.manager.models) if self.group is None else self.group.restore
             result = run(
                 source,
@@ -221,10 +233,13 @@ class Worker:
                 crf=request.crf,
                 progress=watchdog.arm(progress),
                 should_cancel=cancel.is_set,
+                **part,
             )
             watchdog.disarm()
             progress.close()
             answer = self._answer(request, spec, result, timings)
+            if request.windows:
+                answer["part"] = {"windows": request.windows, "frames": result.frames, "format": "npz"}
             step = time.perf_counter()
             answer = media_out.deliver(
                 answer,
@@ -241,6 +256,39 @@ class Worker:
         finally:
             progress.close()
             shutil.rmtree(workdir, ignore_errors=True)
+
+    def plan(self, request: PlanRequest) -> dict[str, Any]:
+        """The window plan of the input for these settings (docs/API.md, "plan"); restores nothing.
+
+        The model is made resident first: the automatic window and tile depend on the memory it leaves.
+        """
+        options = self._options(request)
+        spec = self._restore_spec(request)
+        self.manager.check_files(spec)
+        workdir = Path(tempfile.mkdtemp(prefix="seedvr-plan-"))
+        try:
+            source = self._fetch(request, workdir)
+            info = self._check_input(source, request)
+            self._ensure(spec)
+            budget_of = RestorationModels(None, None, None, device=self.manager.device, dtype=self.manager.dtype)
+            info, kind, plan = plan_file(source, budget_of, options, info.kind)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        rate = None if kind == "image" else frame_rate(request.fps) if request.fps else info.fps
+        return {
+            "media_type": kind,
+            "frames": max(plan.frames, 1),
+            "fps": None if rate is None else round(float(rate), 3),
+            "frame_rate": None if rate is None else f"{rate.numerator}/{rate.denominator}",
+            "has_audio": info.has_audio,
+            "input_resolution": f"{info.width}x{info.height}",
+            "resolution": f"{plan.size[1]}x{plan.size[0]}",
+            "batch_frames": plan.window,
+            "overlap_frames": plan.overlap,
+            "vae_tile": plan.tiling.tile if plan.tiling else 0,
+            "scene_cuts": list(plan.cuts),
+            "windows": [list(span) for span in plan.spans],
+        }
 
     # ------------------------------------------------------------------ steps of restore
 
@@ -407,6 +455,8 @@ class Worker:
                 cfg_scale=request.cfg_scale,
                 cfg_rescale=request.cfg_rescale,
                 sample_steps=request.sample_steps,
+                scene_cuts=request.scene_cuts,
+                vae_tile=request.vae_tile,
             )
         except ValueError as err:
             raise WorkerError(ErrorCode.INVALID_INPUT, str(err)) from None
@@ -449,6 +499,8 @@ def _known_failure(exc: Exception) -> Exception:
         return WorkerError(ErrorCode.INTERNAL, "Processing failed: no space left on the worker's disk")
     if isinstance(exc, ModelNotReady):
         return WorkerError(ErrorCode.MODEL_NOT_READY, str(exc))
+    if isinstance(exc, OutsidePlan):
+        return WorkerError(ErrorCode.INVALID_INPUT, str(exc))
     if isinstance(exc, Cancelled):
         return WorkerError(ErrorCode.CANCELLED, "Job cancelled: stopped before the next temporal window")
     if isinstance(exc, MediaError):
