@@ -1,10 +1,11 @@
 """Output size rules, resize, the 16-pixel grid, colour fixes."""
 
+import numpy as np
 import pytest
 import torch
 
 from seedvr.pipeline import geometry
-from seedvr.pipeline.colorfix import adain_color_fix, color_fix, low_frequencies, wavelet_color_fix
+from seedvr.pipeline.colorfix import adain_color_fix, color_fix, wavelet_color_fix
 
 
 @pytest.mark.parametrize(
@@ -57,18 +58,57 @@ def test_uint8_quantisation_clamps_and_rounds():
     assert out[0, 0, :, 0].tolist() == [0, 0, 128, 191, 255, 255]
 
 
-def test_wavelet_fix_takes_low_frequencies_from_style():
+def _a_trous_kernel(dilations: tuple[int, ...]) -> np.ndarray:
+    """1-D impulse response of the wavelet residual, built independently with numpy: the [1, 2, 1] / 4
+    binomial with holes at each dilation, convolved together (the 2-D kernel is its outer product)."""
+    kernel = np.array([1.0])
+    for d in dilations:
+        step = np.zeros(2 * d + 1)
+        step[[0, d, 2 * d]] = 0.25, 0.5, 0.25
+        kernel = np.convolve(kernel, step)
+    return kernel
+
+
+def test_wavelet_fix_moves_the_style_impulse_response_into_the_content():
+    """An impulse far from the edges: the fix's output is exactly the 5-level a-trous kernel (dilations
+    1, 2, 4, 8, 16: radius 31, variance 170.5 per axis) for a style impulse, and an impulse minus that
+    kernel for a content impulse."""
+    kernel = _a_trous_kernel((1, 2, 4, 8, 16))
+    assert len(kernel) == 63 and (kernel * np.arange(-31, 32) ** 2).sum() == 170.5
+    expected = np.zeros((80, 80))
+    expected[9:72, 9:72] = np.outer(kernel, kernel)
+    impulse, zeros = torch.zeros(1, 3, 80, 80), torch.zeros(1, 3, 80, 80)
+    impulse[..., 40, 40] = 1.0
+    from_style = color_fix("wavelet", zeros, impulse)
+    from_content = color_fix("wavelet", impulse, zeros)
+    for channel in range(3):
+        np.testing.assert_allclose(from_style[0, channel].numpy(), expected, atol=1e-7)
+        np.testing.assert_allclose(from_content[0, channel].numpy(), impulse[0, 0].numpy() - expected, atol=1e-7)
+
+
+def test_wavelet_fix_pads_by_replicating_the_border():
+    """A flat style stays flat up to the corners (zero padding would darken the border), and a flat
+    content contributes nothing; a ramp across the frame keeps its mean."""
+    style = torch.full((2, 3, 24, 40), -0.3)
+    out = color_fix("wavelet", torch.full((2, 3, 24, 40), 0.6), style)
+    torch.testing.assert_close(out, style, atol=1e-6, rtol=0)
     g = torch.Generator().manual_seed(0)
-    content = torch.randn(2, 3, 40, 48, generator=g) * 0.2 + 0.5  # bright, detailed
-    style = torch.full((2, 3, 40, 48), -0.3) + torch.linspace(-0.2, 0.2, 48)  # dark smooth ramp
-    out = wavelet_color_fix(content, style)
-    # Colour (the mean) comes from the style, detail from the content.
-    torch.testing.assert_close(out.mean(dim=(-2, -1)), style.mean(dim=(-2, -1)), atol=0.02, rtol=0)
-    detail = content - low_frequencies(content)
-    torch.testing.assert_close(out - low_frequencies(style), detail, atol=1e-5, rtol=0)
+    content = torch.randn(2, 3, 40, 48, generator=g) * 0.2 + 0.5
+    ramp = torch.full((2, 3, 40, 48), -0.3) + torch.linspace(-0.2, 0.2, 48)
+    out = color_fix("wavelet", content, ramp)
+    torch.testing.assert_close(out.mean(dim=(-2, -1)), ramp.mean(dim=(-2, -1)), atol=0.02, rtol=0)
 
 
-def test_adain_fix_matches_statistics():
+def test_adain_fix_golden_values():
+    """Per channel: content [[0, 1], [2, 3]] (mean 1.5, unbiased variance 5/3) takes the style's mean 1
+    and unbiased standard deviation 2; the content's shape, not the style's, survives."""
+    content = torch.tensor([[0.0, 1.0], [2.0, 3.0]]).expand(1, 3, 2, 2)
+    style = torch.tensor([[0.0, 0.0], [0.0, 4.0]]).expand(1, 3, 2, 2)
+    eps = 1e-5
+    expected = (np.array([[0.0, 1.0], [2.0, 3.0]]) - 1.5) / np.sqrt(5 / 3 + eps) * np.sqrt(4 + eps) + 1
+    out = color_fix("adain", content, style)
+    for channel in range(3):
+        np.testing.assert_allclose(out[0, channel].numpy(), expected, rtol=1e-6)
     g = torch.Generator().manual_seed(1)
     content, style = torch.randn(3, 3, 16, 16, generator=g), torch.randn(3, 3, 16, 16, generator=g) * 0.3 + 0.2
     out = adain_color_fix(content, style)
@@ -77,10 +117,16 @@ def test_adain_fix_matches_statistics():
 
 
 def test_color_fix_dispatch():
-    content, style = torch.randn(1, 3, 8, 8), torch.randn(1, 3, 8, 8)
-    assert torch.equal(color_fix("none", content, style), content)
+    """Each name runs its own fix, checked by value: the three results differ on the same input."""
+    g = torch.Generator().manual_seed(2)
+    content, style = torch.randn(1, 3, 8, 8, generator=g), torch.randn(1, 3, 8, 8, generator=g) * 0.3 + 0.5
+    none = color_fix("none", content, style)
+    assert torch.equal(none, content) and none.dtype == torch.float32
     assert torch.equal(color_fix("wavelet", content, style), wavelet_color_fix(content, style))
-    with pytest.raises(ValueError, match="color_fix must be one of"):
+    assert torch.equal(color_fix("adain", content, style), adain_color_fix(content, style))
+    assert not torch.allclose(adain_color_fix(content, style), wavelet_color_fix(content, style), atol=1e-2)
+    assert color_fix("adain", content.half(), style.half()).dtype == torch.float32
+    with pytest.raises(ValueError, match="color_fix must be one of wavelet, adain, none, got 'histogram'"):
         color_fix("histogram", content, style)
     with pytest.raises(ValueError, match="equal shapes"):
         color_fix("adain", content, style[..., :4])

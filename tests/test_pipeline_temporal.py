@@ -39,17 +39,22 @@ def test_window_settings_are_checked():
 
 
 def test_crossfade_weights_are_linear_and_sum_to_one():
+    """Both windows carry distinct values, so each one's weight shows: the earlier window's frames
+    6, 7, 8 (values 6, 7, 8) meet the later window's first three (100, 110, 120) with the later weight
+    1/4, 2/4, 3/4."""
     fade = Crossfade(overlap=3)
-    first = fade.push(0, torch.zeros(9, 1))
-    assert len(first) == 6
-    second = fade.push(6, torch.ones(7, 1))
-    assert second[:3, 0].tolist() == pytest.approx([0.25, 0.5, 0.75])
-    assert second[3:, 0].tolist() == [1.0]
-    assert len(fade.finish()) == 3
+    first = fade.push(0, torch.arange(9.0).view(9, 1))
+    assert first[:, 0].tolist() == [0, 1, 2, 3, 4, 5]
+    second = fade.push(6, (100 + 10 * torch.arange(7.0)).view(7, 1))
+    assert second[:, 0].tolist() == pytest.approx([29.5, 58.5, 92.0, 130.0])
+    assert fade.finish()[:, 0].tolist() == [140.0, 150.0, 160.0]
+    assert fade.finish() is None
     fade = Crossfade(overlap=3)
     fade.push(0, torch.zeros(9, 1))
     with pytest.raises(ValueError, match="held frames"):
         fade.push(5, torch.zeros(4, 1))
+    with pytest.raises(ValueError, match="held frames"):
+        fade.push(6, torch.zeros(2, 1))
 
 
 def _jumps(frames: np.ndarray) -> np.ndarray:
