@@ -4,7 +4,11 @@ HTTP server on loopback), inline/upload delivery (a real S3-compatible server), 
 from __future__ import annotations
 
 import base64
+import contextlib
+import ipaddress
 import json
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -169,6 +173,63 @@ def test_private_addresses_are_refused_by_default(tmp_path, monkeypatch):
         error = _download_error(url, tmp_path, allow_private=False)
         assert error.code is ErrorCode.INVALID_INPUT, url
         assert "RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS=true" in error.message
+
+
+PUBLIC_IP = "93.184.216.34"  # a globally routable address; no packet is ever sent to it
+
+
+@contextlib.contextmanager
+def public_looking_host(monkeypatch, base: str, later: str | None = None) -> Iterator[str]:
+    """Yields `base` (a loopback server's URL) renamed to host cdn.example, which the worker's DNS sees
+    as PUBLIC_IP; the first lookup of cdn.example answers PUBLIC_IP and later ones `later` (a DNS
+    rebinding) when given. A connection to PUBLIC_IP is dialled to loopback, so the SDK's pinned fetch
+    reaches the test server; every other name resolves only if it is a loopback address."""
+    real = socket.getaddrinfo
+    lookups = []
+
+    def fake_getaddrinfo(host, port, *args, **kwargs):
+        if host == "cdn.example":
+            lookups.append(host)
+            host = PUBLIC_IP if later is None or len(lookups) == 1 else later
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (host, port))]
+        if host == PUBLIC_IP:
+            host = "127.0.0.1"
+        infos = real(host, port, *args, **kwargs)
+        assert all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos), host
+        return infos
+
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", raising=False)
+    monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
+    yield base.replace("127.0.0.1", "cdn.example")
+
+
+def test_public_host_downloads_through_the_pinned_fetch(tmp_path, monkeypatch):
+    """The control for the two tests below: the simulated public host serves its file."""
+    with file_server({"/clip.mp4": (b"video", {})}) as base, public_looking_host(monkeypatch, base) as url:
+        assert download(url + "/clip.mp4", tmp_path / "in", 10_000, 10, False).read_bytes() == b"video"
+
+
+def test_redirect_to_a_private_address_is_refused_after_the_pre_check(tmp_path, monkeypatch):
+    """cdn.example passes the worker's own check (it resolves to a public address), then answers with a
+    redirect to loopback: only re-validating every hop (the SDK's safe_get) stops the second request."""
+    with file_server({"/secret": (b"metadata credentials", {})}) as base:
+        routes = {"/clip.mp4": (b"", {"status": 302, "headers": {"Location": base + "/secret"}})}
+        with file_server(routes) as public, public_looking_host(monkeypatch, public) as url:
+            error = _download_error(url + "/clip.mp4", tmp_path, allow_private=False)
+    assert error.code in (ErrorCode.DOWNLOAD_FAILED, ErrorCode.INVALID_INPUT)
+    assert "127.0.0.1" in error.message and not (tmp_path / "in").exists()
+
+
+def test_dns_rebinding_after_the_pre_check_is_refused(tmp_path, monkeypatch):
+    """cdn.example answers a public address to the worker's check, then 127.0.0.1: the fetch must use the
+    address it validates itself (IP pinning), not a fresh lookup by the HTTP client."""
+    with file_server({"/clip.mp4": (b"internal", {})}) as base:
+        with public_looking_host(monkeypatch, base, later="127.0.0.1") as url:
+            error = _download_error(url + "/clip.mp4", tmp_path, allow_private=False)
+    assert error.code in (ErrorCode.DOWNLOAD_FAILED, ErrorCode.INVALID_INPUT)
+    assert "127.0.0.1" in error.message and not (tmp_path / "in").exists()
 
 
 def test_unresolvable_host(tmp_path):

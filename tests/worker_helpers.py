@@ -52,7 +52,8 @@ def b64(path: Path) -> str:
 
 class _FileHandler(http.server.BaseHTTPRequestHandler):
     """Serves `routes`: path -> (bytes, options). Options: `no_length` (chunked, no Content-Length),
-    `status`, `delay` (seconds between chunks)."""
+    `status`, `delay` (seconds between chunks), `headers` (extra response headers, e.g. a redirect's
+    Location)."""
 
     routes: dict[str, tuple[bytes, dict[str, Any]]] = {}
     protocol_version = "HTTP/1.1"
@@ -60,6 +61,8 @@ class _FileHandler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         body, options = self.routes.get(self.path, (b"not found", {"status": 404}))
         self.send_response(options.get("status", 200))
+        for name, value in options.get("headers", {}).items():
+            self.send_header(name, value)
         if options.get("no_length"):
             self.send_header("Transfer-Encoding", "chunked")
         else:
