@@ -46,8 +46,8 @@ def test_fixture_case_fp32(arch: str, case_name: str) -> None:
 def test_bf16_error_envelope(arch: str) -> None:
     """bf16 weights and activations (the GPU path) against the official run with bf16 attention inputs.
 
-    Documented envelope (docs/models.md): relative L2 error under 1.5 %, max abs under 0.08 on outputs
-    of magnitude ~5. The official GPU run itself (bf16 autocast everywhere) sits in the same envelope
+    Measured on the fixtures: relative L2 error 0.67-0.77 %, max abs 0.025-0.042 on outputs of
+    magnitude ~5 (docs/models.md); the bounds sit a little above. The official GPU run itself (bf16 autocast everywhere) sits in the same envelope
     around `out_bf16attn`, which rounds only q, k, v.
     """
     model = fixture_model(arch, torch.bfloat16)
@@ -55,8 +55,8 @@ def test_bf16_error_envelope(arch: str) -> None:
         case = load_file(FIXTURES / ARCHS[arch] / f"case_{name}.safetensors")
         out, ref = run(model, case), case["out_bf16attn"]
         assert torch.isfinite(out).all()
-        assert (out - ref).norm() / ref.norm() < 0.015
-        assert (out - ref).abs().max() < 0.08
+        assert (out - ref).norm() / ref.norm() < 0.009
+        assert (out - ref).abs().max() < 0.05
 
 
 def test_official_text_rotary_indexing_is_reproduced() -> None:

@@ -100,5 +100,6 @@ def test_seam_metric_crossfade_hides_window_borders(monkeypatch):
     faded_ratio = (faded / single).max()  # every transition, borders and blends included
     inside = [t for t in range(len(single)) if t not in hard_borders]
     assert np.allclose(hard[inside], single[inside], atol=0.5)
-    assert hard_ratio > 1.5  # the metric sees a seam when there is one
-    assert faded_ratio < 1.3  # the crossfade keeps every transition close to the seamless run
+    print(f"seam ratio: hard {hard_ratio:.3f}, crossfaded {faded_ratio:.3f}")
+    assert hard_ratio > 1.7  # the metric sees a seam when there is one (measured 1.83)
+    assert faded_ratio < 1.22  # the crossfade keeps every transition close to the seamless run (measured 1.197)
