@@ -130,3 +130,13 @@ def test_color_fix_dispatch():
         color_fix("histogram", content, style)
     with pytest.raises(ValueError, match="equal shapes"):
         color_fix("adain", content, style[..., :4])
+
+
+def test_color_fixes_build_their_constants_on_the_frames_device():
+    """The blur kernel follows the frames' device, not the default one (a CPU kernel beside CUDA frames
+    fails): with "meta" as the default device, CPU frames still give real CPU values."""
+    frames = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    expected = color_fix("wavelet", frames, frames.flip(-1))
+    with torch.device("meta"):
+        out = color_fix("wavelet", frames, frames.flip(-1))
+    assert out.device.type == "cpu" and torch.equal(out, expected)
