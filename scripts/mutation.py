@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -53,6 +54,12 @@ def _copy_tree(dest: Path) -> None:
             shutil.copy2(source, dest / name)
 
 
+def _cap_memory() -> None:
+    """A mutant that loops forever growing a list would take the machine's memory before mutmut's
+    timeout ends it; with a 6 GiB address space it fails with MemoryError instead."""
+    resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+
+
 def run_module(name: str, workdir: Path) -> int:
     module, tests = MODULES[name]
     copy = workdir / name
@@ -66,7 +73,8 @@ def run_module(name: str, workdir: Path) -> int:
     )
     # Forked test runs deadlock in torch's OpenMP pool unless it has a single thread.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    code = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", "1"], cwd=copy, env=env).returncode
+    run = [sys.executable, "-m", "mutmut", "run", "--max-children", "1"]
+    code = subprocess.run(run, cwd=copy, env=env, preexec_fn=_cap_memory).returncode
     results = subprocess.run([sys.executable, "-m", "mutmut", "results"], cwd=copy, env=env, capture_output=True, text=True)
     print(f"== {name} ({module}): mutants not killed\n{results.stdout}", flush=True)
     return code
