@@ -34,7 +34,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "seedvr/pipeline/temporal.py",
         ["tests/test_pipeline_temporal.py", "tests/test_properties.py"],
     ),
-    "windows": ("seedvr/models/windows.py", ["tests/test_dit.py", "tests/test_window_geometry.py"]),
+    "windows": ("seedvr/models/windows.py", ["tests/test_window_geometry.py"]),
     "schema": ("seedvr/worker/schema.py", ["tests/test_worker_units.py", "tests/test_properties.py"]),
     "media_in": ("seedvr/worker/media_in.py", ["tests/test_worker_units.py"]),
     "media": ("seedvr/media.py", ["tests/test_media.py"]),
