@@ -6,7 +6,14 @@ import torch
 
 from mediagen import pattern
 from seedvr.pipeline import RestorationModels, RestoreOptions, make_plan, restore, restore_frames
-from seedvr.pipeline.temporal import Crossfade, iter_windows, pad_to_4n1, padded_length, plan_windows
+from seedvr.pipeline.temporal import (
+    Crossfade,
+    default_overlap,
+    iter_windows,
+    pad_to_4n1,
+    padded_length,
+    plan_windows,
+)
 
 CLIP = np.stack([pattern(i, 64, 48) for i in range(33)])  # smooth motion, 48x64
 
@@ -15,7 +22,16 @@ def test_padded_length_follows_official_cut():
     assert [padded_length(n) for n in (1, 2, 3, 4, 5, 6, 8, 9, 10, 21, 22)] == [1, 5, 5, 5, 5, 9, 9, 9, 13, 21, 25]
     x = torch.arange(6.0)
     assert pad_to_4n1(x).tolist() == [0, 1, 2, 3, 4, 5, 5, 5, 5]
+    assert pad_to_4n1(torch.arange(8.0)).tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 7]  # one frame short
     assert pad_to_4n1(torch.zeros(3, 1, 2), dim=1).shape == (3, 1, 2)  # one frame stays one
+    video = torch.arange(2 * 3 * 4.0).view(2, 3, 4)  # [C, T, W]: pad along dim 1, other sizes kept
+    padded = pad_to_4n1(video, dim=1)
+    assert padded.shape == (2, 5, 4)
+    assert torch.equal(padded[:, :3], video) and torch.equal(padded[:, 3:], video[:, 2:].expand(2, 2, 4))
+
+
+def test_default_overlap_keeps_the_stride_a_multiple_of_four():
+    assert [default_overlap(w) for w in (1, 5, 9, 13, 101)] == [0, 1, 5, 5, 5]
 
 
 @pytest.mark.parametrize(
@@ -34,8 +50,22 @@ def test_windows_cover_the_stream_once_in_order(total, window, overlap):
 def test_window_settings_are_checked():
     with pytest.raises(ValueError, match="4n\\+1"):
         plan_windows(20, 8, 2)
-    with pytest.raises(ValueError, match="overlap_frames"):
+    with pytest.raises(ValueError, match="overlap_frames must be between 0 and batch_frames - 1 = 8, got 9"):
         plan_windows(20, 9, 9)
+
+
+def test_a_window_leaves_as_soon_as_its_frames_have_arrived():
+    """Streaming: the first window is yielded before the next chunk is read, so only one window waits."""
+    pulled = []
+
+    def chunks():
+        for i in range(3):
+            pulled.append(i)
+            yield CLIP[9 * i : 9 * i + 9]
+
+    windows = iter_windows(chunks(), 9, 1)
+    start, frames = next(windows)
+    assert (start, len(frames), pulled) == (0, 9, [0])
 
 
 def test_crossfade_weights_are_linear_and_sum_to_one():
@@ -51,10 +81,23 @@ def test_crossfade_weights_are_linear_and_sum_to_one():
     assert fade.finish() is None
     fade = Crossfade(overlap=3)
     fade.push(0, torch.zeros(9, 1))
-    with pytest.raises(ValueError, match="held frames"):
+    with pytest.raises(ValueError, match="window of 4 frames at 5 does not cover the 3 held frames at 6"):
         fade.push(5, torch.zeros(4, 1))
     with pytest.raises(ValueError, match="held frames"):
         fade.push(6, torch.zeros(2, 1))
+    assert fade.push(6, torch.ones(3, 1))[:, 0].tolist() == []  # exactly the held frames: blended, held again
+    assert fade.finish()[:, 0].tolist() == pytest.approx([0.25, 0.5, 0.75])
+
+
+def test_crossfade_weights_follow_the_frames_dtype_and_device():
+    """Exact thirds in float64 (a float32 weight would round them), and the weights are made on the
+    frames' device, not the default one (meta as the default shows it without a GPU)."""
+    with torch.device("meta"):
+        fade = Crossfade(overlap=2)
+        fade.push(0, torch.zeros(4, 1, dtype=torch.float64, device="cpu"))
+        out = fade.push(2, torch.ones(4, 1, dtype=torch.float64, device="cpu"))
+    assert out.device.type == "cpu" and out.dtype == torch.float64
+    assert out[:, 0].tolist() == [1 / 3, 2 / 3]
 
 
 def _jumps(frames: np.ndarray) -> np.ndarray:

@@ -12,7 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seedvr.pipeline import geometry
-from seedvr.pipeline.temporal import Crossfade, default_overlap, iter_windows, padded_length, plan_windows
+from seedvr.pipeline.temporal import (
+    Crossfade,
+    default_overlap,
+    floor_4n1,
+    iter_windows,
+    padded_length,
+    plan_windows,
+)
 from seedvr.worker.errors import WorkerError
 from seedvr.worker.schema import parse_request
 
@@ -120,6 +127,13 @@ def test_default_overlap_keeps_every_window_in_the_vae_phase(total, window):
     assert all(start % 4 == 0 for start, _ in spans)
     assert all(padded_length(stop - start) - (stop - start) <= 3 for start, stop in spans if stop - start > 1)
     assert overlap == (1 if window == 5 else 5)
+
+
+@FAST
+@given(n=st.integers(1, 500))
+def test_floor_4n1_is_the_largest_4n1_not_above(n):
+    floor = floor_4n1(n)
+    assert (floor - 1) % 4 == 0 and n - 4 < floor <= n
 
 
 @FAST
