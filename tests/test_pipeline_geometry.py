@@ -38,6 +38,8 @@ def test_pad_to_grid_and_back_loses_nothing():
     assert padded.shape[-2:] == (32, 64)
     assert pads == (7, 7, 1, 1)
     torch.testing.assert_close(geometry.unpad(padded, pads), frames, atol=0, rtol=0)
+    latents = torch.rand(1, 2, 3, 32, 64)  # any [..., H, W]: a 5-D tensor is cut on its last two axes
+    assert geometry.unpad(latents, pads).shape == (1, 2, 3, 30, 50)
     assert geometry.grid_padding(32, 64) == (0, 0, 0, 0)
 
 
@@ -49,6 +51,21 @@ def test_resize_uses_antialiased_bicubic_and_clamps():
     plain = torch.nn.functional.interpolate(x, size=(8, 8), mode="bicubic", align_corners=False).clamp(0, 1)
     assert not torch.allclose(down, plain)  # a = -0.5 with antialias, not a = -0.75
     assert torch.equal(geometry.resize(x, (16, 16)), x)
+
+
+def test_resize_samples_pixel_centres():
+    """A ramp halved in width: away from the borders each output pixel is the mean position of its two
+    source pixels (2i + 0.5), as with align_corners=False (pixel centres, the official transform)."""
+    ramp = (torch.arange(16.0) / 15).view(1, 1, 1, 16).expand(1, 3, 4, 16)
+    out = geometry.resize(ramp, (4, 8))[0, 0, 0] * 15
+    torch.testing.assert_close(out[2:6], torch.tensor([4.5, 6.5, 8.5, 10.5]), atol=1e-4, rtol=0)
+
+
+def test_unit_and_model_ranges():
+    u8 = torch.tensor([0, 51, 255], dtype=torch.uint8)
+    unit = geometry.to_unit_float(u8)
+    assert unit.dtype == torch.float32 and unit.tolist() == pytest.approx([0.0, 0.2, 1.0])
+    assert geometry.to_model_range(torch.tensor([0.0, 0.25, 1.0])).tolist() == [-1.0, -0.5, 1.0]
 
 
 def test_uint8_quantisation_clamps_and_rounds():
