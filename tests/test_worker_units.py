@@ -54,6 +54,12 @@ def _error(payload) -> WorkerError:
         ({"media": 12}, "media must be a base64 string"),
         ({"media": "x", "image": "y"}, "give only one of media, video, image, media_url (got media, image)"),
         ({"media_url": "file:///etc/passwd"}, "media_url must be an http or https URL"),
+        ({"media_url": "ftp://example.com/clip.mp4"}, "media_url must be an http or https URL"),
+        (
+            {"res_h": 720},
+            "No video data provided: give media, video, image or media_url, or an action (one of health, "
+            "initialize, restore)",
+        ),
         ({"action": "initialize", "sp_size": 0}, "sp_size must be an integer between 1 and 64"),
         ({"action": "restore"}, "No video data provided: give media, video, image or media_url"),
         ({"action": "upscale"}, "action must be one of health, initialize, restore (got 'upscale')"),
