@@ -112,6 +112,7 @@ def test_base64_with_and_without_data_uri(tmp_path):
     [
         ("not base64!!", ErrorCode.INVALID_INPUT, "Invalid base64 video data"),
         ("QUJD=X", ErrorCode.INVALID_INPUT, "Invalid base64 video data"),
+        ("QUJD!!!!", ErrorCode.INVALID_INPUT, "Invalid base64 video data"),  # a lenient decoder drops the !
         ("", ErrorCode.INVALID_INPUT, "video is empty"),
         ("data:video/mp4,QUJD", ErrorCode.INVALID_INPUT, "Invalid base64 video data"),
     ],
@@ -156,21 +157,47 @@ def test_download_failures(tmp_path, monkeypatch):
         "/big-chunked": (big, {"no_length": True}),
         "/slow": (b"y" * 40_000, {"delay": 0.3}),
         "/empty": (b"", {}),
+        "/bad-request": (b"no", {"status": 400}),
+        "/claims-a-gigabyte": (b"z" * 100, {"length": 10**9}),  # refused on the header, before any read
+        "/dies-midway": (b"z" * 1000, {"length": 5000}),
     }
     with file_server(routes) as base:
         error = _download_error(base + "/big", tmp_path)
-        assert error.code is ErrorCode.TOO_LARGE and "20,000 bytes" in error.message
-        error = _download_error(base + "/big-chunked", tmp_path)
         assert error.code is ErrorCode.TOO_LARGE
+        assert error.message == "media_url's file is 20,000 bytes, over the input limit MAX_INPUT_BYTES=10,000"
+        error = _download_error(base + "/big-chunked", tmp_path)
+        assert error.code is ErrorCode.TOO_LARGE and error.message.startswith("media_url's file is ")
+        error = _download_error(base + "/claims-a-gigabyte", tmp_path, timeout=5)
+        assert error.code is ErrorCode.TOO_LARGE and "1,000,000,000 bytes" in error.message
+        error = _download_error(base + "/dies-midway", tmp_path)
+        assert error.code is ErrorCode.DOWNLOAD_FAILED
+        assert error.message.startswith("media_url download failed: ChunkedEncodingError: ")
         error = _download_error(base + "/missing", tmp_path)
         assert error.code is ErrorCode.DOWNLOAD_FAILED and "HTTP 404" in error.message
+        error = _download_error(base + "/bad-request", tmp_path)
+        assert error.code is ErrorCode.DOWNLOAD_FAILED and "HTTP 400" in error.message
         error = _download_error(base + "/slow", tmp_path, max_bytes=100_000, timeout=1)
         assert error.code is ErrorCode.DOWNLOAD_FAILED and "DOWNLOAD_TIMEOUT=1 s" in error.message
         error = _download_error(base + "/empty", tmp_path)
         assert error.code is ErrorCode.DOWNLOAD_FAILED and "empty body" in error.message
     port = base.rsplit(":", 1)[1]  # the server is gone: nothing listens there any more
     error = _download_error(f"http://127.0.0.1:{port}/clip.mp4", tmp_path)
-    assert error.code is ErrorCode.DOWNLOAD_FAILED and "ConnectionError" in error.message
+    assert error.code is ErrorCode.DOWNLOAD_FAILED
+    assert error.message.startswith("media_url download failed: ConnectionError: ")
+
+
+def test_limits_are_inclusive(tmp_path, monkeypatch):
+    """Exactly MAX_INPUT_BYTES is accepted, declared or streamed, base64 or download."""
+    monkeypatch.setenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", "true")
+    body = b"\x07" * 3000
+    with file_server({"/a": (body, {}), "/b": (body, {"no_length": True})}) as base:
+        assert download(base + "/a", tmp_path / "a", 3000, 10, True).read_bytes() == body
+        assert download(base + "/b", tmp_path / "b", 3000, 10, True).read_bytes() == body
+    text = base64.b64encode(body).decode()
+    assert write_base64(text, "media", tmp_path / "c", 3000).read_bytes() == body
+    with pytest.raises(WorkerError) as info:
+        write_base64(text, "media", tmp_path / "d", 2999)
+    assert info.value.message == "media (decoded) is 3,000 bytes, over the input limit MAX_INPUT_BYTES=2,999"
 
 
 def test_private_addresses_are_refused_by_default(tmp_path, monkeypatch):
