@@ -4,14 +4,16 @@
 #   docker build --platform linux/amd64 --build-arg MODELS=3b -t seedvr2-worker:3b . # weights baked in
 #   docker build ... --build-arg FLASH_ATTN=<flash-attn wheel URL for this torch/CUDA/Python>
 #
-# Weights: baked into /app/ckpts with MODELS=3b|7b|7b-sharp|all (several separated by spaces), or read
-# from a RunPod network volume by setting SEEDVR_CKPT_DIR=/runpod-volume/ckpts on the endpoint (fill it
-# once with scripts/download_models.py from a pod, where the volume is /workspace). SEEDVR_DOWNLOAD_MODELS
-# makes the worker fetch missing files into SEEDVR_CKPT_DIR when it starts.
+# Weights, first found wins: the endpoint's cached model (RunPod puts ByteDance-Seed/SeedVR2-3B or -7B under
+# /runpod-volume/huggingface-cache/hub before the worker starts; read in place), then SEEDVR_CKPT_DIR (baked
+# into /app/ckpts with MODELS=3b|7b|7b-sharp|all, or a network volume: SEEDVR_CKPT_DIR=/runpod-volume/ckpts),
+# then SEEDVR_DOWNLOAD_MODELS, fetched in the background at start. docs/deploy.md has the smoke test.
+#
+# torch is the default PyPI wheel, which on Linux is the CUDA build (torch 2.13.0: CUDA 13.0 runtime in pip
+# packages, so the base image needs no CUDA of its own; the host driver must support 13.0: allowedCudaVersions).
 
-FROM nvidia/cuda:12.8.1-runtime-ubuntu24.04
+FROM ubuntu:24.04
 
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 ARG FLASH_ATTN=""
 ARG MODELS=""
 
@@ -21,7 +23,10 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     RUNPOD_LOG_LEVEL=INFO \
+    RUNPOD_INIT_TIMEOUT=600 \
     HF_HUB_DISABLE_TELEMETRY=1 \
     SEEDVR_CKPT_DIR=/app/ckpts
 
@@ -32,10 +37,9 @@ RUN apt-get update \
 
 WORKDIR /app
 
-# torch first, from the CUDA index, at the version requirements.txt pins; then the rest (PyAV ships ffmpeg).
+# Every pin of requirements.txt, torch included (PyAV ships its own ffmpeg).
 COPY requirements.txt .
-RUN pip install "$(grep -E '^torch==' requirements.txt)" --index-url "$TORCH_INDEX_URL" \
-    && pip install -r requirements.txt \
+RUN pip install -r requirements.txt \
     && if [ -n "$FLASH_ATTN" ]; then pip install --no-build-isolation "$FLASH_ATTN"; fi
 
 COPY seedvr ./seedvr

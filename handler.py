@@ -5,10 +5,15 @@ python handler.py --rp_serve_api --rp_api_port 8000 # local HTTP server (/run, /
 python handler.py --test_input "$(cat test_input.json)"
 """
 
+import os
+
 from seedvr.worker import handler, prepare
 
 if __name__ == "__main__":
+    # An endpoint variable set to "" (RunPod's tools write a static entry so) must not break the SDK's import.
+    if not os.environ.get("RUNPOD_LOG_LEVEL", "").strip():
+        os.environ["RUNPOD_LOG_LEVEL"] = "INFO"
     import runpod
 
-    prepare()  # settings, model code and SEEDVR_DOWNLOAD_MODELS now: a problem stops the worker before any job
+    prepare()  # settings checked, weights fetched in the background: the worker takes jobs within seconds
     runpod.serverless.start({"handler": handler})

@@ -48,9 +48,12 @@ class Transport:
             return self._check(self.session.post(f"{self.base}/status/{job_id}", timeout=None))
         return self._check(self.session.get(f"{self.base}/status/{job_id}", timeout=60))
 
-    def cancel(self, job_id: str) -> None:
-        if not self.local:
-            self.session.post(f"{self.base}/cancel/{job_id}", timeout=30)
+    def cancel(self, job_id: str) -> str:
+        """Ask RunPod to stop the job; the SDK's local server has no /cancel, so say what happens there."""
+        if self.local:
+            return "not cancelled: the local server has no /cancel, the job runs to its end (stop the server to stop it)"
+        self.session.post(f"{self.base}/cancel/{job_id}", timeout=30)
+        return "cancelled"
 
     @staticmethod
     def _check(response: requests.Response) -> dict[str, Any]:
@@ -66,26 +69,51 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--endpoint", help="RunPod endpoint id (API key from RUNPOD_API_KEY)")
     where.add_argument("--url", help="base URL of a local worker server, e.g. http://127.0.0.1:8000")
-    parser.add_argument("--action", choices=("restore", "health", "initialize"), default="restore")
-    parser.add_argument("--res-h", type=int)
-    parser.add_argument("--res-w", type=int)
-    parser.add_argument("--scale", type=float)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--model-type", choices=("seedvr2_3b", "seedvr2_7b"))
-    parser.add_argument("--model-variant", choices=("normal", "sharp"))
-    parser.add_argument("--sp-size", type=int)
-    parser.add_argument("--color-fix", choices=("wavelet", "adain", "none"))
-    parser.add_argument("--batch-frames", type=int)
-    parser.add_argument("--overlap-frames", type=int)
-    parser.add_argument("--fps", type=float)
-    parser.add_argument("--no-audio", dest="keep_audio", action="store_false", default=None)
-    parser.add_argument("--output-format", choices=("mp4", "webm", "mov", "png", "jpg", "webp"))
-    parser.add_argument("--crf", type=int)
-    parser.add_argument("--output-mode", choices=("auto", "inline", "upload"))
     parser.add_argument(
-        "--timeout", type=float, default=3600, help="seconds to wait for the job (RunPod: also its executionTimeout)"
+        "--action", choices=("restore", "health", "initialize"), default="restore", help="what to ask (default: restore)"
     )
-    parser.add_argument("--poll", type=float, default=2.0, help="seconds between /status calls")
+    # Options left out are left to the worker, whose defaults are named here (docs/API.md).
+    parser.add_argument(
+        "--res-h", type=int, help="output area with --res-w: about res_h*res_w pixels, the input's aspect ratio kept, "
+        "so 1280x720 means 720p-class in landscape and portrait (default: 1280)",
+    )
+    parser.add_argument("--res-w", type=int, help="see --res-h: part of the area, not the output width (default: 720)")
+    parser.add_argument("--scale", type=float, help="instead of --res-h/--res-w: factor over the input size, 0.25..16")
+    parser.add_argument("--seed", type=int, help="same input, seed and settings give the same output (default: 666)")
+    parser.add_argument(
+        "--model-type", choices=("seedvr2_3b", "seedvr2_7b"), help="default: the resident model, else the endpoint's"
+    )
+    parser.add_argument("--model-variant", choices=("normal", "sharp"), help="sharp exists for 7B only (default: normal)")
+    parser.add_argument("--sp-size", type=int, help="sequence-parallel GPUs (default: the resident model's, else 1)")
+    parser.add_argument("--color-fix", choices=("wavelet", "adain", "none"), help="keep the input's colours (default: wavelet)")
+    parser.add_argument(
+        "--batch-frames", type=int, help="frames per temporal window, 4n+1 (default: the largest that fits memory)"
+    )
+    parser.add_argument(
+        "--overlap-frames", type=int, help="frames blended by neighbouring windows (default: 5; at most 4 without --batch-frames)"
+    )
+    parser.add_argument("--fps", type=float, help="output frame rate; frames are kept, the duration changes (default: the input's)")
+    parser.add_argument(
+        "--no-audio", dest="keep_audio", action="store_false", default=None, help="drop the input's audio (default: kept)"
+    )
+    parser.add_argument(
+        "--output-format",
+        choices=("mp4", "webm", "mov", "png", "jpg", "webp"),
+        help="default: mp4 for a video, png for an image",
+    )
+    parser.add_argument("--crf", type=int, help="video quality, 0 (lossless) to 51 (default: 18)")
+    parser.add_argument(
+        "--output-mode",
+        choices=("auto", "inline", "upload"),
+        help="inline base64 or a bucket upload; auto picks by size (default: auto)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=3600,
+        help="seconds to wait for the job (RunPod: also its executionTimeout; default: 3600)",
+    )
+    parser.add_argument("--poll", type=float, default=2.0, help="seconds between /status calls (default: 2)")
     args = parser.parse_args(argv)
     if args.action == "restore" and not args.source:
         parser.error("restore needs a source file or URL")
@@ -152,12 +180,11 @@ def wait(transport: Transport, job_id: str, timeout: float, poll: float) -> dict
                 print(f"\r{line:<100}", end="", file=sys.stderr, flush=True)
                 last = line
             if time.monotonic() > deadline:
-                transport.cancel(job_id)
-                sys.exit(f"\nerror: job {job_id} not finished after {timeout:.0f} s; cancelled")
+                outcome = transport.cancel(job_id)
+                sys.exit(f"\nerror: job {job_id} not finished after {timeout:.0f} s; {outcome}")
             time.sleep(poll)
     except KeyboardInterrupt:
-        transport.cancel(job_id)
-        sys.exit(f"\ncancelled job {job_id}")
+        sys.exit(f"\njob {job_id}: {transport.cancel(job_id)}")
 
 
 def default_output(source: str, output: dict[str, Any]) -> Path:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -55,8 +55,19 @@ MODEL_CHOICES: dict[str, tuple[str, ...]] = {
     "7b-sharp": ("seedvr2_7b_sharp",),
     "all": ("seedvr2_3b", "seedvr2_7b", "seedvr2_7b_sharp"),
 }
+# Published sizes of the current hub revisions (docs/checkpoints.md; the embeddings rounded): disk planning.
+FILE_BYTES: dict[str, int] = {
+    "seedvr2_3b": 13_566_090_228,
+    "seedvr2_7b": 32_958_774_606,
+    "seedvr2_7b_sharp": 32_958_774_606,
+    "vae": 1_002_691_902,
+    "pos_emb": 600_000,
+    "neg_emb": 700_000,
+}
 DEFAULT_CKPT_DIR = Path("ckpts")
 PARTIAL_DIR = ".incomplete"
+# Where RunPod puts an endpoint's cached model (a Hugging Face hub cache) before the worker starts.
+RUNPOD_MODEL_CACHE = Path("/runpod-volume/huggingface-cache/hub")
 
 
 class CheckpointError(RuntimeError):
@@ -67,13 +78,40 @@ class DownloadError(RuntimeError):
     """A hub download failed or delivered something other than what the hub announced."""
 
 
+class HubUnreachable(DownloadError):
+    """The hub did not answer for a file (no network, no access, no such file)."""
+
+
 def default_ckpt_dir() -> Path:
     return Path(os.environ.get("SEEDVR_CKPT_DIR") or DEFAULT_CKPT_DIR)
 
 
-def checkpoint_status(ckpt_dir: str | Path) -> dict[str, bool]:
+def locate(filename: str, folders: Sequence[Path]) -> Path | None:
+    """The file in the first folder that has it: several flat folders act as one."""
+    return next((folder / filename for folder in folders if (folder / filename).is_file()), None)
+
+
+def checkpoint_status(folders: str | Path | Sequence[Path]) -> dict[str, bool]:
     """Which model files are present: what the worker's health answer reports."""
-    return {name: (Path(ckpt_dir) / CHECKPOINT_FILES[name]).is_file() for name in STATUS_FILES}
+    folders = [Path(folders)] if isinstance(folders, (str, Path)) else folders
+    return {name: locate(CHECKPOINT_FILES[name], folders) is not None for name in STATUS_FILES}
+
+
+def cached_snapshot(cache: Path, repo_id: str) -> Path | None:
+    """`repo_id`'s snapshot in a Hugging Face hub cache (the layout of RunPod's cached models): the revision
+    `refs/main` names, else the newest snapshot. Its files carry the repository's names, so the snapshot is
+    a flat checkpoint folder as it is."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshots = repo / "snapshots"
+    try:
+        ref = repo / "refs" / "main"
+        named = snapshots / ref.read_text().strip() if ref.is_file() else None
+        if named is not None and named.is_dir():
+            return named
+        found = [p for p in snapshots.iterdir() if p.is_dir()] if snapshots.is_dir() else []
+    except OSError:  # an unreadable cache is no cache
+        return None
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
 def _download_hint(name: str, ckpt_dir: Path) -> str:
@@ -325,7 +363,7 @@ def _fetch(file: HubFile, dest: Path, endpoint: str | None, progress: bool) -> P
     try:
         meta = get_hf_file_metadata(url, endpoint=endpoint, retry_on_errors=True)
     except Exception as err:  # not found, unauthorised, no network: all end the run the same way
-        raise DownloadError(f"{file.describe()}: cannot read its metadata at {url}: {err}") from err
+        raise HubUnreachable(f"{file.describe()}: cannot read its metadata at {url}: {err}") from err
     if meta.size is None or meta.etag is None:
         raise DownloadError(f"{file.describe()}: the hub announced no size or ETag ({url})")
     target = dest / file.filename
@@ -352,12 +390,24 @@ def download(
     *,
     revision: str = "main",
     endpoint: str | None = None,
+    only: Collection[str] | None = None,
 ) -> list[Path]:
     """Fetch the chosen models (3b, 7b, 7b-sharp, all) and the shared files into the flat `dest`.
 
     Files already present with the hub's size are skipped, so re-running is cheap (one HEAD each).
-    `endpoint` overrides `HF_ENDPOINT` (which huggingface_hub reads at import).
+    `endpoint` overrides `HF_ENDPOINT` (which huggingface_hub reads at import). `only` limits the transfer
+    to these file names (the worker skips files it found in another folder).
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    return [_fetch(f, dest, endpoint, progress) for f in hub_files(models, revision)]
+    # huggingface_hub prints its retry warnings with its own handler and again through the root logger
+    # once an application has configured one: keep only the root's.
+    logging.getLogger("huggingface_hub").handlers.clear()
+    files = [f for f in hub_files(models, revision) if only is None or f.filename in only]
+    try:
+        return [_fetch(f, dest, endpoint, progress) for f in files]
+    except HubUnreachable as err:
+        raise HubUnreachable(
+            f"{err}\nWhat to do: check the network and access to the hub (HF_ENDPOINT, HF_TOKEN), or copy "
+            f"{', '.join(f.filename for f in files)} into {dest} by hand (SEEDVR_CKPT_DIR names that folder)"
+        ) from err.__cause__

@@ -19,6 +19,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from seedvr import parallel
+from seedvr.checkpoints import default_ckpt_dir
 from seedvr.manager import PROJECT_ROOT, ManagerConfig, ModelManager, ModelSpec, default_device
 from seedvr.media import MediaError
 from seedvr.pipeline import COLOR_FIXES, Progress, RestoreOptions
@@ -27,21 +28,45 @@ MODELS = {"3b": "seedvr2_3b", "7b": "seedvr2_7b"}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Append the default where there is one; options decided at run time say so in their own help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m seedvr", description="SeedVR2 video and image restoration")
     commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("restore", help="restore a video or an image file")
-    p.add_argument("input", type=Path)
-    p.add_argument("output", type=Path)
-    p.add_argument("--model", choices=sorted(MODELS), default="3b")
+    p = commands.add_parser(
+        "restore",
+        help="restore a video or an image file",
+        description="Restore one video or image file. The output keeps the input's aspect ratio: --res-h x "
+        "--res-w is an area (1280x720 means about 921,600 pixels, landscape or portrait alike), not a frame size.",
+        formatter_class=_HelpWithDefaults,
+    )
+    p.add_argument("input", type=Path, help="video or image file (the kind is read from its bytes)")
+    p.add_argument("output", type=Path, help="where to write the result; its suffix picks the format")
+    p.add_argument("--model", choices=sorted(MODELS), default="3b", help="SeedVR2 model size")
     p.add_argument("--variant", choices=("normal", "sharp"), default="normal", help="sharp exists for 7b only")
-    p.add_argument("--res-h", type=int, default=1280, help="with --res-w: output area res_h*res_w, aspect kept")
-    p.add_argument("--res-w", type=int, default=720)
-    p.add_argument("--scale", type=float, help="instead of --res-h/--res-w: factor over the input size")
-    p.add_argument("--seed", type=int, default=666)
-    p.add_argument("--color-fix", choices=COLOR_FIXES, default="wavelet")
-    p.add_argument("--batch-frames", type=int, help="frames per temporal window, 4n+1 (default: from memory)")
-    p.add_argument("--overlap-frames", type=int, help="frames shared and crossfaded by neighbouring windows")
+    p.add_argument(
+        "--res-h", type=int, default=1280, help="with --res-w: output area res_h*res_w pixels, aspect kept"
+    )
+    p.add_argument("--res-w", type=int, default=720, help="see --res-h: the area, not the output width")
+    p.add_argument("--scale", type=float, help="instead of --res-h/--res-w: factor over the input size (default: unused)")
+    p.add_argument("--seed", type=int, default=666, help="same input, seed and settings give the same output")
+    p.add_argument("--color-fix", choices=COLOR_FIXES, default="wavelet", help="keep the input's colours")
+    p.add_argument(
+        "--batch-frames", type=int, help="frames per temporal window, 4n+1 (default: the largest that fits memory)"
+    )
+    p.add_argument(
+        "--overlap-frames",
+        type=int,
+        help="frames shared and crossfaded by neighbouring windows (default: 5, or 1 for 5-frame windows; "
+        "without --batch-frames at most 4)",
+    )
     p.add_argument("--vae-tile", type=int, help="VAE tile size in pixels (0: never tile; default: from memory)")
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
     p.add_argument(
@@ -49,12 +74,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="sequence-parallel ranks, one GPU each; > 1 runs under torchrun --nproc-per-node SP_SIZE",
     )
     p.add_argument("--dtype", choices=sorted(DTYPES), help="default: bf16 on CUDA, fp32 on CPU")
-    p.add_argument("--ckpt-dir", type=Path, default=Path("ckpts"))
-    p.add_argument("--config-dir", type=Path, default=PROJECT_ROOT, help="folder holding configs_3b/, configs_7b/")
-    p.add_argument("--format", dest="output_format", help="output format (default: from OUTPUT's suffix)")
-    p.add_argument("--crf", type=int, default=18)
+    p.add_argument(
+        "--ckpt-dir", type=Path, default=default_ckpt_dir(), help="flat checkpoint folder ($SEEDVR_CKPT_DIR, else ckpts)"
+    )
+    p.add_argument(
+        "--config-dir",
+        type=Path,
+        default=Path(os.environ.get("SEEDVR_CONFIG_DIR") or PROJECT_ROOT),
+        help="folder holding configs_3b/, configs_7b/ ($SEEDVR_CONFIG_DIR, else the project)",
+    )
+    p.add_argument(
+        "--format", dest="output_format", help="mp4, webm, mov (video); png, jpg, webp (image) (default: OUTPUT's suffix)"
+    )
+    p.add_argument("--crf", type=int, default=18, help="video quality, 0 (lossless) to 51 (worst), x264's scale")
     p.add_argument("--no-audio", action="store_true", help="do not copy the input's audio")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="log the plan, the backends and each stage")
     return parser
 
 

@@ -52,6 +52,7 @@ class ManagerConfig:
     default_model: str = DEFAULT_MODEL
     default_variant: str = "normal"
     download_models: tuple[str, ...] = ()
+    model_cache: Path | None = None  # a Hugging Face hub cache searched before ckpt_dir (RunPod's cached models)
 
     @classmethod
     def from_env(cls) -> "ManagerConfig":
@@ -61,7 +62,8 @@ class ManagerConfig:
         default_variant = os.environ.get("SEEDVR_VARIANT") or "normal"
         if default_variant not in ("normal", "sharp") or (default_variant == "sharp" and default_model != "seedvr2_7b"):
             raise ValueError(
-                f"SEEDVR_VARIANT must be normal, or sharp with SEEDVR_MODEL=seedvr2_7b; got {default_variant!r}"
+                f"SEEDVR_VARIANT must be normal, or sharp with SEEDVR_MODEL=seedvr2_7b; got {default_variant!r} "
+                f"with SEEDVR_MODEL={default_model}"
             )
         download = tuple(os.environ.get("SEEDVR_DOWNLOAD_MODELS", "").replace(",", " ").split())
         unknown = [model for model in download if model not in checkpoints.MODEL_CHOICES]
@@ -74,6 +76,7 @@ class ManagerConfig:
             default_model=default_model,
             default_variant=default_variant,
             download_models=download,
+            model_cache=Path(os.environ.get("SEEDVR_MODEL_CACHE") or checkpoints.RUNPOD_MODEL_CACHE),
         )
 
 
@@ -96,6 +99,23 @@ class ModelManager:
         self._vae: torch.nn.Module | None = None
         self._vae_key: tuple[str, str] | None = None
         self._configs: dict[str, dict[str, Any]] = {}
+        self.folders = self._weight_folders()
+
+    def _weight_folders(self) -> tuple[Path, ...]:
+        """Where checkpoint files are looked for, in order: the snapshots of RunPod's cached model (read in place),
+        then SEEDVR_CKPT_DIR, where the start-up download also writes."""
+        cache = self.config.model_cache
+        repos = dict.fromkeys([checkpoints.HUB_REPOS[self.config.default_model], *checkpoints.HUB_REPOS.values()])
+        snapshots = [s for repo in repos if cache is not None and (s := checkpoints.cached_snapshot(cache, repo))]
+        for snapshot in snapshots:
+            log.info("weights: RunPod cached model at %s, read in place (no download, no copy)", snapshot)
+        if cache is not None and not snapshots:
+            log.info("weights: no cached model under %s; reading %s", cache, self.config.ckpt_dir)
+        return (*snapshots, self.config.ckpt_dir)
+
+    def locate(self, filename: str) -> Path:
+        """Where `filename` is, or where it belongs (SEEDVR_CKPT_DIR) when no folder has it."""
+        return checkpoints.locate(filename, self.folders) or self.config.ckpt_dir / filename
 
     # ------------------------------------------------------------------ what exists
 
@@ -115,7 +135,7 @@ class ModelManager:
         return self.config.default_variant if model_type == self.config.default_model else "normal"
 
     def checkpoint_status(self) -> dict[str, bool]:
-        return checkpoints.checkpoint_status(self.config.ckpt_dir)
+        return checkpoints.checkpoint_status(self.folders)
 
     @staticmethod
     def dit_name(spec: ModelSpec) -> str:
@@ -131,7 +151,7 @@ class ModelManager:
             "pos_emb": cfg["text"]["positive"],
             "neg_emb": cfg["text"]["negative"],
         }
-        return {name: self.config.ckpt_dir / file for name, file in names.items()}
+        return {name: self.locate(file) for name, file in names.items()}
 
     def check_files(self, spec: ModelSpec) -> None:
         """Refuse before any download or GPU work when a file of `spec` is absent."""
@@ -151,14 +171,15 @@ class ModelManager:
 
         For endpoints without baked weights: run at worker start; into a network volume it happens once.
         """
-        models = list(self.config.download_models)
-        if not models:
-            return
-        wanted = [*(name for model in models for name in checkpoints.MODEL_CHOICES[model]), *checkpoints.SHARED_FILES]
-        missing = [name for name in wanted if not (self.config.ckpt_dir / checkpoints.CHECKPOINT_FILES[name]).exists()]
+        missing = self.missing_downloads()
         if missing:
             log.info("downloading %s into %s", ", ".join(missing), self.config.ckpt_dir)
-            checkpoints.download(models, self.config.ckpt_dir, progress=False)
+            checkpoints.download(self.config.download_models, self.config.ckpt_dir, progress=False, only=missing)
+
+    def missing_downloads(self) -> list[str]:
+        """The files of SEEDVR_DOWNLOAD_MODELS that no folder holds yet."""
+        wanted = checkpoints.hub_files(self.config.download_models) if self.config.download_models else []
+        return [f.filename for f in wanted if not self.locate(f.filename).is_file()]
 
     # ------------------------------------------------------------------ load / free
 

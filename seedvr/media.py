@@ -9,6 +9,7 @@ docs/media.md lists what is preserved (fps, frame count, audio, colours) and wha
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -33,6 +34,14 @@ _LIMITED_RANGE = 1  # AVCOL_RANGE_MPEG
 
 class MediaError(Exception):
     """A file could not be decoded or encoded; the message is meant for the user."""
+
+
+class MediaTooLarge(MediaError):
+    """The picture has more pixels than the caller allows; found before any frame of it was decoded."""
+
+    def __init__(self, width: int, height: int, limit: int):
+        self.width, self.height, self.limit = width, height, limit
+        super().__init__(f"the picture is {width}x{height} = {width * height:,} pixels, over the limit of {limit:,}")
 
 
 @dataclass(frozen=True)
@@ -70,10 +79,14 @@ class _Unnamed:
 
 
 @contextmanager
-def _open_input(path: str | Path) -> Iterator[av.container.InputContainer]:
-    """Open a file for demuxing; any failure inside the block becomes a MediaError."""
+def _open_input(path: str | Path, max_pixels: int | None = None) -> Iterator[av.container.InputContainer]:
+    """Open a file for demuxing; any failure inside the block becomes a MediaError.
+
+    Opening decodes a first picture when the container does not state the size (image files): `max_pixels`
+    makes ffmpeg refuse a bigger one there, instead of allocating it."""
+    options = {"max_pixels": str(max_pixels)} if max_pixels else None
     try:
-        with open(path, "rb") as raw, av.open(_Unnamed(raw), "r") as container:
+        with open(path, "rb") as raw, av.open(_Unnamed(raw), "r", options=options) as container:
             yield container
     except (av.FFmpegError, OSError) as exc:
         raise MediaError(f"{DECODE_FAILED}: {_reason(exc)}") from exc
@@ -87,8 +100,10 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _video_stream(container: av.container.InputContainer, path: str | Path) -> av.VideoStream:
-    """The first picture stream, set up for decoding."""
+def _video_stream(
+    container: av.container.InputContainer, path: str | Path, max_pixels: int | None = None
+) -> av.VideoStream:
+    """The first picture stream, set up for decoding (of pictures up to `max_pixels`, when given)."""
     name = container.format.name
     if not container.streams.video:
         raise MediaError(f"{DECODE_FAILED}: no video or image stream (format {name})")
@@ -96,10 +111,70 @@ def _video_stream(container: av.container.InputContainer, path: str | Path) -> a
         raise MediaError(f"{DECODE_FAILED}: animated WebP is not supported by the bundled ffmpeg")
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
+    options = {"max_pixels": str(max_pixels)} if max_pixels else {}
     if name == "jpeg_pipe":
         # the JPEG decoder conceals a cut file (the missing part comes out grey); the others fail
-        stream.codec_context.options = {"err_detect": "explode"}
+        options["err_detect"] = "explode"
+    if options:
+        stream.codec_context.options = options
     return stream
+
+
+def _header_size(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) from the first bytes of a PNG, JPEG, WebP or BMP file, or None.
+
+    Image files have no container around them, so ffmpeg learns their size only by decoding; this reads it
+    from the file's own header, so an oversized picture is named before anything is decoded."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+            return struct.unpack(">II", head[16:24])
+        if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+            return _webp_size(head)
+        if head.startswith(b"BM") and len(head) >= 26:
+            width, height = struct.unpack("<ii", head[18:26])
+            return abs(width), abs(height)
+        if head.startswith(b"\xff\xd8"):
+            f.seek(2)
+            return _jpeg_size(f)
+    return None
+
+
+def _webp_size(head: bytes) -> tuple[int, int] | None:
+    chunk = head[12:16]
+    if chunk == b"VP8X" and len(head) >= 30:
+        return int.from_bytes(head[24:27], "little") + 1, int.from_bytes(head[27:30], "little") + 1
+    if chunk == b"VP8L" and len(head) >= 25:
+        bits = int.from_bytes(head[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8 " and len(head) >= 30:
+        width, height = struct.unpack("<HH", head[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    return None
+
+
+_JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOF0..SOF15, not DHT/JPG/DAC
+
+
+def _jpeg_size(f: BinaryIO) -> tuple[int, int] | None:
+    """Walk the JPEG segments up to the frame header (SOFn), which holds the size."""
+    while (marker := f.read(2)) and len(marker) == 2 and marker[0] == 0xFF:
+        length = f.read(2)
+        if len(length) < 2:
+            return None
+        if marker[1] in _JPEG_FRAME_MARKERS:
+            header = f.read(5)
+            return (struct.unpack(">H", header[3:5])[0], struct.unpack(">H", header[1:3])[0]) if len(header) == 5 else None
+        f.seek(struct.unpack(">H", length)[0] - 2, 1)
+    return None
+
+
+def _check_pixels(stream: av.VideoStream, path: str | Path, max_pixels: int) -> None:
+    """Refuse a picture over `max_pixels` from its declared size: the container's, else the file header's."""
+    context = stream.codec_context
+    size = (context.width, context.height) if context.width and context.height else _header_size(path)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise MediaTooLarge(size[0], size[1], max_pixels)
 
 
 def _count_frames(container: av.container.InputContainer, stream: av.VideoStream) -> int:
@@ -187,11 +262,16 @@ def detect_kind(path: str | Path) -> str:
     return probe(path).kind
 
 
-def probe(path: str | Path) -> MediaInfo:
+def probe(path: str | Path, max_pixels: int | None = None) -> MediaInfo:
     """What the file is, without decoding more than its first frame (which proves it decodes and
-    carries the rotation). Frame counting may demux the whole file once (see `_count_frames`)."""
-    with _open_input(path) as container:
-        stream = _video_stream(container, path)
+    carries the rotation). Frame counting may demux the whole file once (see `_count_frames`).
+
+    With `max_pixels`, a bigger picture is refused (:class:`MediaTooLarge`) from its declared size before
+    any frame is decoded, and no decoder allocates a bigger one (a decompression bomb stays small)."""
+    with _open_input(path, max_pixels) as container:
+        stream = _video_stream(container, path, max_pixels)
+        if max_pixels:
+            _check_pixels(stream, path, max_pixels)
         kind, frames = _classify(container, stream)
         first = _first_frame(container, stream)
         rotation = _rotation(first)

@@ -12,6 +12,7 @@ with the code under test.
 from __future__ import annotations
 
 import struct
+import zlib
 from fractions import Fraction
 from pathlib import Path
 
@@ -201,3 +202,18 @@ def make_offset_clip(
             out.mux(audio.encode(block))
         out.mux(audio.encode())
     return path
+
+
+def make_png_bomb(path: str | Path, width: int = 15000, height: int = 15000) -> Path:
+    """A decompression bomb: a valid all-black RGB PNG of width x height, deflated to a few hundred KB (15000x15000:
+    656 KB on disk, 675 MB of pixels). Written by hand, row by row, so making it never holds the pixels."""
+    deflate = zlib.compressobj(9)
+    row = bytes(1 + 3 * width)  # filter byte 0, then black pixels
+    data = b"".join(deflate.compress(row) for _ in range(height)) + deflate.flush()
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return Path(path)

@@ -17,8 +17,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from seedvr.web import HttpBackend, JobStore, WebSettings, create_app, local_server, runpod_endpoint
-from seedvr.web.__main__ import parse_args
-from seedvr.web.app import SESSION_COOKIE, parse_options
+from seedvr.web.__main__ import access_token, main, parse_args
+from seedvr.web.app import SESSION_COOKIE, RateLimit, parse_options
 from seedvr.web.jobs import WebError, base64_budget, failure_message, status_of_answer
 
 API_KEY = "rp-secret-key-123"
@@ -392,7 +392,7 @@ def test_settings_and_options_from_the_environment(monkeypatch):
     settings = WebSettings.from_env(backend)
     assert (settings.result_ttl, settings.max_upload_bytes) == (120, 5000)
     monkeypatch.setenv("SEEDVR_WEB_RESULT_TTL", "-1")
-    with pytest.raises(ValueError, match="SEEDVR_WEB_RESULT_TTL must be positive"):
+    with pytest.raises(ValueError, match="SEEDVR_WEB_RESULT_TTL must be a positive number"):
         WebSettings.from_env(backend)
     assert parse_options({"name": "x", "scale": "2.5", "res_h": "1920"}) == {"scale": 2.5, "res_h": 1920}
     with pytest.raises(WebError, match="scale must be a number"):
@@ -409,3 +409,70 @@ def test_command_line(monkeypatch, capsys):
     monkeypatch.setenv("RUNPOD_ENDPOINT_ID", "from-env")
     args = parse_args(["--port", "9000"])
     assert (args.endpoint, args.port, args.host) == ("from-env", 9000, "127.0.0.1")
+
+
+# ---------------------------------------------------------------------------------------------- access
+
+
+TOKEN = "a-long-enough-access-token"
+
+
+@pytest.fixture()
+def guarded(queue, tmp_path):
+    with serve(queue) as url:
+        backend = fast(runpod_endpoint(ENDPOINT, API_KEY, api_base=url + "/v2"))
+        settings = WebSettings(
+            max_upload_bytes=1000, result_ttl=60, max_active_jobs=5, work_dir=tmp_path / "web",
+            access_token=TOKEN, rate_limit=2,
+        )
+        yield create_app(backend, settings, "runpod")
+
+
+def test_a_token_guards_the_page_and_the_api(guarded):
+    with TestClient(guarded) as stranger, TestClient(guarded) as user:
+        page = stranger.get("/")
+        assert page.status_code == 401 and "needs its access token" in page.text and 'id="restore"' not in page.text
+        for response in (stranger.get("/api/config"), submit(stranger), stranger.get("/?token=wrong-token-value")):
+            assert response.status_code == 401
+        assert submit(stranger).json()["error_code"] == "UNAUTHORIZED"
+        assert stranger.get("/static/app.js").status_code == 200  # the page's code is no secret
+        entry = user.get(f"/?token={TOKEN}", follow_redirects=False)
+        assert entry.status_code == 303 and entry.headers["location"] == "/"  # the token leaves the address bar
+        assert "HttpOnly" in entry.headers["set-cookie"]
+        assert user.get("/").status_code == 200 and user.get("/api/config").status_code == 200
+        bearer = TestClient(guarded, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert bearer.get("/api/config").status_code == 200
+
+
+def test_a_client_may_start_only_so_many_jobs_a_minute(guarded):
+    with TestClient(guarded, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+        assert [submit(client).status_code for _ in range(2)] == [202, 202]
+        refused = submit(client)
+        assert refused.status_code == 429 and refused.json()["error_code"] == "RATE_LIMITED"
+        assert refused.json()["error"].startswith("too many jobs from this address: at most 2 per 60 s; try again in")
+
+
+def test_rate_limit_window_slides():
+    now = [0.0]
+    limit = RateLimit(2, 60, clock=lambda: now[0])
+    assert [limit.retry_after("a"), limit.retry_after("a"), limit.retry_after("b")] == [0, 0, 0]
+    now[0] = 50
+    assert limit.retry_after("a") == 10
+    now[0] = 60
+    assert limit.retry_after("a") == 0  # the first job left the window
+
+
+def test_listening_beyond_loopback_needs_a_token(monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("SEEDVR_WEB_TOKEN", raising=False)
+    with pytest.raises(SystemExit) as refused:
+        main(["--endpoint", ENDPOINT, "--host", "0.0.0.0"])
+    assert "--host 0.0.0.0 serves the page beyond this machine" in str(refused.value)
+    assert "SEEDVR_WEB_TOKEN or --token-file FILE" in str(refused.value)
+    short = tmp_path / "token"
+    short.write_text("short\n")
+    with pytest.raises(SystemExit, match="at least 16 characters"):
+        main(["--endpoint", ENDPOINT, "--host", "0.0.0.0", "--token-file", str(short)])
+    args = parse_args(["--endpoint", ENDPOINT, "--host", "0.0.0.0", "--token-file", str(short)])
+    short.write_text(TOKEN + "\n")
+    assert access_token(args, None) == TOKEN
+    assert access_token(parse_args(["--endpoint", ENDPOINT]), None) is None  # loopback: no login needed

@@ -1,6 +1,7 @@
 """The page in a real browser (headless Chromium driven by Playwright) against `python -m seedvr.web --local`'s
 app with the real in-process worker on the tiny fixture models (tests/tiny.py): pick a file, watch the
-progress, see the result next to the input, download it; a bad file shows the worker's own error.
+progress, see the result next to the input, download it; a bad file shows the worker's own error. The server
+has an access token: a browser without it is refused, one that opened `/?token=...` is served.
 
 One server and one browser for the module. Skipped when Chromium (Debian's `chromium` package) or the
 `playwright` package is missing. With SEEDVR_WEB_SCREENSHOT=path the image test saves a screenshot there.
@@ -38,6 +39,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 UPLOAD_LIMIT = 2_000_000
+TOKEN = "browser-test-access-token"
 RESULT_TIMEOUT_MS = 180_000
 pytestmark = pytest.mark.slow
 # Page scripts run under the app's CSP (no eval), so wait_for_function gets functions, not expressions.
@@ -74,7 +76,7 @@ def server(tmp_path_factory):
         env.setenv("SEEDVR_CONFIG_DIR", str(config_dir))
         env.setenv("PROGRESS_INTERVAL", "0.05")
         backend = InProcessBackend()
-    app = create_app(backend, WebSettings(max_upload_bytes=UPLOAD_LIMIT, result_ttl=600), "local")
+    app = create_app(backend, WebSettings(max_upload_bytes=UPLOAD_LIMIT, result_ttl=600, access_token=TOKEN), "local")
     port = free_port()
     uvi = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=uvi.run, daemon=True)
@@ -106,7 +108,7 @@ def open_page(browser, server):
         contexts.append(context)
         page = context.new_page()
         page.add_init_script(RECORD_STAGES)
-        page.goto(server)
+        page.goto(f"{server}?token={TOKEN}")
         page.wait_for_selector("body[data-ready=true]")
         return page
 
@@ -209,3 +211,21 @@ def test_oversized_file_is_refused_before_upload(open_page):
     error = page.text_content("#error")
     assert "huge.mp4 is 2.0 MB; this server accepts at most 2.0 MB" in error and "TOO_LARGE" in error
     assert page.is_disabled("#restore") and uploads == []
+
+
+def test_without_the_token_the_page_is_refused_and_with_it_a_job_runs(browser, server, media):
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        refused = page.goto(server)
+        assert refused.status == 401 and "needs its access token" in page.text_content("body")
+        api = page.evaluate("async () => (await fetch('/api/jobs?name=x.png', {method: 'POST', body: 'x'})).status")
+        assert api == 401
+        page.goto(f"{server}?token={TOKEN}")
+        assert page.url == server  # the token left the address bar; a cookie holds it now
+        page.wait_for_selector("body[data-ready=true]")
+        restore(page, media["image"], scale="1")
+        page.wait_for_selector("#result:not([hidden])", timeout=RESULT_TIMEOUT_MS)
+        assert page.is_hidden("#error")
+    finally:
+        context.close()

@@ -32,6 +32,7 @@ HEALTH_KEYS = {
     "gpu_memory",
     "gpu_memory_free",
     "checkpoints",
+    "weights",
     "version",
 }
 
@@ -95,6 +96,7 @@ def test_health_before_any_model(env):
     assert health["status"] == "healthy" and health["model_initialized"] is False and health["model_type"] is None
     assert health["checkpoints"] == {"seedvr2_3b": True, "seedvr2_7b": True, "seedvr2_7b_sharp": True, "vae": True}
     assert health["cuda_available"] is False and health["gpu_memory"] == 0 and health["version"] == "0.1.0"
+    assert health["weights"]["state"] == "ready" and health["weights"]["waiting_for"] == []
 
 
 def test_initialize_each_model_and_swap(env):
@@ -226,7 +228,7 @@ def test_bad_inputs_fail_with_one_string_and_the_worker_keeps_serving(env):
         ({"media": base64.b64encode(bytes(300_000)).decode()}, "over the input limit MAX_INPUT_BYTES=200,000"),
         ({"media": b64(files["long"]), **SMALL}, "input has 13 frames, over MAX_FRAMES=12"),
         ({"media": video, "res_h": 512, "res_w": 512}, "over MAX_OUTPUT_PIXELS=65,536"),
-        ({"media_url": f"http://127.0.0.1:{closed_port}/clip.mp4"}, "media_url download failed: ConnectionError"),
+        ({"media_url": f"http://127.0.0.1:{closed_port}/clip.mp4"}, "media_url download failed: could not connect"),
         ({"media_url": env["files_url"] + "/missing.mp4"}, "media_url download failed: HTTP 404"),
         ({"media_url": "gopher://example.com/clip"}, "media_url must be an http or https URL"),
         ({"media": video, "output_format": "webp", **SMALL}, "output_format webp does not fit a video"),

@@ -19,7 +19,7 @@ import torch
 
 from mediagen import make_image, make_video
 from tiny import write_tiny_setup
-from worker_helpers import Updates, b64, fetch, s3_server
+from worker_helpers import b64, fetch, job_worker, s3_server
 
 from seedvr import checkpoints, manager as manager_module
 from seedvr.manager import ManagerConfig, ModelManager, ModelSpec
@@ -54,14 +54,7 @@ def manager(setup):
 @pytest.fixture()
 def worker(manager, tmp_path, monkeypatch):
     """A worker whose job folders go to tmp_path/jobs, so a test can check they are all removed."""
-    jobs = tmp_path / "jobs"
-    jobs.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(jobs))
-    updates = Updates()
-    worker = Worker(manager, WorkerSettings(limits=LIMITS, progress_interval=0.0), sender=updates)
-    worker.updates = updates
-    worker.jobs_dir = jobs
-    return worker
+    return job_worker(manager, tmp_path, monkeypatch, WorkerSettings(limits=LIMITS, progress_interval=0.0))
 
 
 def job_dirs(folder: Path) -> list[Path]:

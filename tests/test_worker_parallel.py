@@ -41,10 +41,9 @@ def setup(tmp_path_factory):
 
 @pytest.fixture()
 def worker(setup, monkeypatch):
-    monkeypatch.setenv("SEEDVR_CPU_SP_MAX", "2")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # inherited by the rank processes
     manager = ModelManager(ManagerConfig(setup["ckpt_dir"], setup["config_dir"]))
-    worker = Worker(manager, WorkerSettings(limits=LIMITS, progress_interval=0.0), sender=Updates())
+    worker = Worker(manager, WorkerSettings(limits=LIMITS, progress_interval=0.0, cpu_sp_max=2), sender=Updates())
     yield worker
     worker.stop_ranks()
 

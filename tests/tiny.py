@@ -88,3 +88,20 @@ def write_tiny_setup(root: str | Path) -> tuple[Path, Path]:
         _write_config(config_dir, model)
     _write_checkpoints(ckpt_dir)
     return config_dir, ckpt_dir
+
+
+def write_fake_cache(cache: str | Path, ckpt_dir: Path, repo_id: str, filenames: list[str], revision: str = "0" * 40) -> Path:
+    """A Hugging Face hub cache holding `filenames` (taken from `ckpt_dir`) as `repo_id`'s snapshot `revision`,
+    laid out as RunPod's cached models are: blobs, snapshot entries linking to them, refs/main naming the
+    snapshot. Returns the snapshot folder."""
+    repo = Path(cache) / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / revision
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for name in filenames:
+        blob = repo / "blobs" / f"{revision[:8]}-{name}"
+        blob.write_bytes((ckpt_dir / name).read_bytes())
+        (snapshot / name).symlink_to(Path("..", "..", "blobs", blob.name))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    return snapshot

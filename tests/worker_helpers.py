@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
@@ -332,3 +333,106 @@ class FakeRunPod:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+# ---------------------------------------------------------------------------------------------- hostile URLs
+
+
+class HostileServer:
+    """A loopback server whose paths misbehave on purpose, for `media_url` faults. Every loop is bounded.
+
+    /file/NAME          the bytes of `files[NAME]`
+    /drip               Content-Length 5000, then one byte every 50 ms (at most 400 bytes, 20 s)
+    /stall              Content-Length 5000, then nothing (held up to 30 s)
+    /lie                Content-Length 5000, 100 bytes, then the connection is closed
+    /huge               Content-Length 6 GiB, then the connection is closed
+    /redirect?to=URL    302 to URL
+
+    `hits` lists the paths asked for (query included); `cut` the bytes a drip had sent when the client hung up.
+    """
+
+    def __init__(self, files: dict[str, bytes] | None = None):
+        self.files = files or {}
+        self.hits: list[str] = []
+        self.cut: list[int] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:  # noqa: N802
+                server.hits.append(self.path)
+                path, _, query = self.path.partition("?")
+                if path == "/redirect":
+                    self._head(302, Location=urllib.parse.parse_qs(query)["to"][0], **{"Content-Length": "0"})
+                elif path.startswith("/file/") and path[6:] in server.files:
+                    body = server.files[path[6:]]
+                    self._head(200, **{"Content-Length": str(len(body))})
+                    self.wfile.write(body)
+                elif path in ("/drip", "/stall", "/lie", "/huge"):
+                    self._misbehave(path)
+                else:
+                    self._head(404, **{"Content-Length": "0"})
+
+            def _head(self, status: int, **headers: str) -> None:
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+
+            def _misbehave(self, path: str) -> None:
+                self._head(200, **{"Content-Length": str(6 << 30 if path == "/huge" else 5000)})
+                if path == "/lie":
+                    self.wfile.write(b"x" * 100)
+                    self.close_connection = True
+                elif path == "/stall":
+                    time.sleep(30)
+                elif path == "/drip":
+                    for sent in range(400):
+                        try:
+                            self.wfile.write(b"x")
+                            self.wfile.flush()
+                        except OSError:
+                            server.cut.append(sent)
+                            return
+                        time.sleep(0.05)
+                self.close_connection = True
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def __enter__(self) -> "HostileServer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def vm_hwm_bytes(pid: int) -> int:
+    """The peak resident memory of a process so far (Linux: VmHWM in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmHWM for process {pid}")
+
+
+def job_worker(manager, tmp_path: Path, monkeypatch, settings):
+    """A Worker whose job folders go to tmp_path/jobs (`worker.jobs_dir`, so a test can check that every job
+    removed its own) and whose progress updates are collected in `worker.updates`."""
+    import tempfile
+
+    from seedvr.worker.service import Worker
+
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(jobs))
+    updates = Updates()
+    worker = Worker(manager, settings, sender=updates)
+    worker.updates, worker.jobs_dir = updates, jobs
+    return worker

@@ -86,6 +86,11 @@ class RestoreOptions:
             raise ValueError(f"color_fix must be one of {', '.join(COLOR_FIXES)}, got {self.color_fix!r}")
         if self.batch_frames is not None:
             check_window(self.batch_frames, self.overlap_frames or 0)
+        elif self.overlap_frames is not None and self.overlap_frames >= MIN_WINDOW:
+            raise ValueError(
+                f"overlap_frames must be below {MIN_WINDOW} without batch_frames (the automatic window can be as "
+                f"small as {MIN_WINDOW} frames), got {self.overlap_frames}: give batch_frames too"
+            )
         if self.overlap_frames is not None and self.overlap_frames < 0:
             raise ValueError(f"overlap_frames must be >= 0, got {self.overlap_frames}")
         if self.vae_tile:
@@ -386,7 +391,9 @@ def restore_file(
     out_fps = None if kind == "image" else _frame_rate(fps) if fps else info.fps
     try:
         if kind == "image":
-            restored = restore_frames([media.read_image(src)[None]], models, options, plan, stages, should_cancel)
+            with stages("decode", report=False):
+                image = media.read_image(src)[None]
+            restored = restore_frames([image], models, options, plan, stages, should_cancel)
             frames = _write_image(restored, dst, output_format or "png", stages) if write else _drop(restored)
         else:
             chunks = _timed(media.iter_video(src, READ_CHUNK), stages, "decode")

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import enum
 import logging
+import re
 from typing import Any
+from urllib.parse import urlparse
 
 log = logging.getLogger("seedvr.worker")
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
 
 class ErrorCode(str, enum.Enum):
@@ -22,17 +26,41 @@ class ErrorCode(str, enum.Enum):
     GPU_OOM = "GPU_OOM"
     UPLOAD_FAILED = "UPLOAD_FAILED"
     CANCELLED = "CANCELLED"
+    CONFIG_ERROR = "CONFIG_ERROR"
     INTERNAL = "INTERNAL"
 
 
 class WorkerError(Exception):
-    """A failure the client can act on: a code and a message that names the field or limit."""
+    """A failure the client can act on: a code and a message that names the field or limit.
+
+    URLs in the message are cut down to their host, as the message goes to the client and to the log.
+    """
 
     def __init__(self, code: ErrorCode, message: str, *, refresh_worker: bool = False):
+        message = redact(message)
         super().__init__(message)
         self.code = code
         self.message = message
         self.refresh_worker = refresh_worker
+
+
+def redact_url(url: str) -> str:
+    """`scheme://host[:port]` of a URL: user:password@, the path and the query (a presigned URL's token, a
+    bot token in a path) never reach an answer or a log."""
+    try:
+        parsed = urlparse(url)
+        host = parsed.hostname or "?"
+        port = f":{parsed.port}" if parsed.port else ""
+    except ValueError:  # a malformed host or port: nothing of it is worth showing
+        return url.split("://", 1)[0] + "://?"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parsed.scheme}://{host}{port}"
+
+
+def redact(text: str) -> str:
+    """`text` with every URL in it cut down to `scheme://host[:port]`."""
+    return _URL.sub(lambda match: redact_url(match.group(0)), text)
 
 
 def error_response(error: WorkerError) -> dict[str, Any]:
@@ -72,11 +100,10 @@ def classify_failure(exc: BaseException, job_id: str) -> WorkerError:
     log.exception("job %s failed", job_id)
     if _is_cuda_failure(exc):
         return WorkerError(ErrorCode.INTERNAL, f"Processing failed: {_first_line(exc)}", refresh_worker=True)
-    return WorkerError(
-        ErrorCode.INTERNAL, f"Processing failed: {type(exc).__name__}: {_first_line(exc)} (job {job_id})"
-    )
+    # The class name says nothing to a client; the log above has it with the traceback.
+    return WorkerError(ErrorCode.INTERNAL, f"Processing failed: {_first_line(exc)} (job {job_id})")
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return text.splitlines()[0] if text else "an unexpected error"

@@ -18,6 +18,7 @@ MEDIA_FIELDS = ("media", "video", "image")
 MODEL_TYPES = ("seedvr2_3b", "seedvr2_7b")
 VIDEO_FORMATS = ("mp4", "webm", "mov")
 IMAGE_FORMATS = ("png", "jpg", "webp")
+FORMATS_BY_KIND = {"video": VIDEO_FORMATS, "image": IMAGE_FORMATS}
 
 ModelType = Literal["seedvr2_3b", "seedvr2_7b"]
 ModelVariant = Literal["normal", "sharp"]
@@ -122,6 +123,13 @@ class RestoreRequest(ModelSelection):
             and self.overlap_frames >= self.batch_frames
         ):
             raise ValueError("overlap_frames must be smaller than batch_frames")
+        fits = FORMATS_BY_KIND.get(self.media_type)
+        if self.output_format is not None and fits is not None and self.output_format not in fits:
+            # known before any transfer when the client names the kind; with "auto" the probe decides
+            raise ValueError(
+                f"output_format {self.output_format} does not fit media_type {self.media_type}: "
+                f"use one of {', '.join(fits)}"
+            )
         return self
 
     @property

@@ -9,9 +9,9 @@ GPU work to one job at a time, including a cancelled job's thread that is still 
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -26,7 +26,7 @@ import torch
 import seedvr
 from seedvr.checkpoints import CheckpointError
 from seedvr.manager import ManagerConfig, ModelManager, ModelNotReady, ModelSpec
-from seedvr.media import MediaError, MediaInfo, probe
+from seedvr.media import MediaError, MediaInfo, MediaTooLarge, probe
 from seedvr.pipeline import Cancelled, RestoreOptions, RestoreResult, restore_file
 from seedvr.pipeline.geometry import output_size
 
@@ -34,15 +34,14 @@ from . import media_in, media_out
 from .errors import ErrorCode, WorkerError, classify_failure, error_response
 from .progress import ProgressReporter, Sender, default_sender
 from .ranks import GroupConfig, RankFailure, RankGroup
-from .schema import IMAGE_FORMATS, VIDEO_FORMATS, HealthRequest, InitializeRequest, RestoreRequest, parse_request
-from .settings import BucketConfig, WorkerSettings
+from .schema import FORMATS_BY_KIND, HealthRequest, InitializeRequest, RestoreRequest, parse_request
+from .settings import BucketConfig, SettingsError, WorkerSettings
+from .weights import Weights
 
 log = logging.getLogger("seedvr.worker")
 
 DEFAULT_FORMATS = {"video": "mp4", "image": "png"}
-CPU_SP_MAX_ENV = "SEEDVR_CPU_SP_MAX"  # sequence-parallel ranks allowed without CUDA (gloo; tests)
 A_KIND = {"video": "a video", "image": "an image"}
-FORMATS_BY_KIND = {"video": VIDEO_FORMATS, "image": IMAGE_FORMATS}
 
 
 def gpu_info() -> dict[str, Any]:
@@ -68,10 +67,16 @@ class Worker:
         self.sender = sender or default_sender()
         self._gpu = threading.Lock()
         self.group: RankGroup | None = None  # the resident model when sp_size > 1
+        self.weights = Weights(manager)
 
     @classmethod
     def from_env(cls) -> "Worker":
-        return cls(ModelManager(ManagerConfig.from_env()), WorkerSettings.from_env())
+        """Every setting is read and checked here, once; a bad one raises SettingsError naming it."""
+        try:
+            config, settings = ManagerConfig.from_env(), WorkerSettings.from_env()
+        except ValueError as err:
+            raise SettingsError(str(err)) from None
+        return cls(ModelManager(config), settings)
 
     # ------------------------------------------------------------------ entry points
 
@@ -93,6 +98,12 @@ class Worker:
             request = parse_request(job.get("input"))
             if isinstance(request, HealthRequest):
                 return self.health()
+            self.weights.wait(
+                self.settings.weights_wait,
+                partial(self.sender, job),
+                self.settings.progress_interval,
+                cancel.is_set,
+            )
             with self._gpu:
                 if isinstance(request, InitializeRequest):
                     return self.initialize(request)
@@ -120,10 +131,12 @@ class Worker:
             "status": "healthy",
             "model_initialized": loaded,
             "model_type": resident.model_type if resident else None,
-            "model_variant": resident.variant if resident else None,
-            "sp_size": resident.sp_size if resident else None,
+            # before any load: what a restore without model fields would use (the contract's defaults)
+            "model_variant": resident.variant if resident else self.manager.config.default_variant,
+            "sp_size": resident.sp_size if resident else 1,
             **gpu_info(),
             "checkpoints": self.manager.checkpoint_status(),
+            "weights": self.weights.describe(),
             "version": seedvr.__version__,
         }
 
@@ -148,8 +161,11 @@ class Worker:
         spec = self._restore_spec(request)
         self.manager.check_files(spec)
         bucket = self._bucket(job)
-        if request.output_mode == "upload" and (problem := media_out.bucket_problem(bucket)):
+        problem = media_out.bucket_problem(bucket)
+        if request.output_mode == "upload" and problem:
             raise WorkerError(ErrorCode.INVALID_INPUT, f"output_mode upload needs a bucket: {problem}")
+        if request.output_mode != "inline" and bucket is not None and not problem:
+            self._check_bucket(bucket, needed=request.output_mode == "upload" or bucket is not self.settings.bucket)
         workdir = Path(tempfile.mkdtemp(prefix=f"seedvr-{_safe_name(job.get('id', 'local'))}-"))
         progress = ProgressReporter(job, self.sender, self.settings.progress_interval)
         try:
@@ -225,10 +241,7 @@ class Worker:
         """How many ranks this machine can run: one per GPU; on the CPU SEEDVR_CPU_SP_MAX (default 1)."""
         if self.manager.device.type == "cuda":
             return max(1, torch.cuda.device_count()), "the number of GPUs"
-        try:
-            return max(1, int(os.environ.get(CPU_SP_MAX_ENV, "1"))), f"{CPU_SP_MAX_ENV} on a CPU worker"
-        except ValueError:
-            raise WorkerError(ErrorCode.INTERNAL, f"{CPU_SP_MAX_ENV} must be an integer") from None
+        return self.settings.cpu_sp_max, "SEEDVR_CPU_SP_MAX on a CPU worker"
 
     def _spec(self, model_type: str, variant: str, sp_size: int) -> ModelSpec:
         variants = self.manager.variants(model_type)
@@ -259,6 +272,17 @@ class Worker:
             return BucketConfig.from_job(s3_config)
         return self.settings.bucket
 
+    def _check_bucket(self, bucket: BucketConfig, needed: bool) -> None:
+        """A bucket that would refuse the output refuses the job now, before any work, when the job surely
+        uploads or the client sent the bucket itself (s3Config). The endpoint's own bucket in auto mode only
+        warns: outputs small enough to return inline still succeed while the operator fixes it."""
+        try:
+            media_out.check_bucket(bucket)
+        except WorkerError as err:
+            if needed:
+                raise
+            log.warning("the endpoint's bucket is unusable; outputs too large to return inline will fail: %s", err)
+
     def _fetch(self, request: RestoreRequest, workdir: Path) -> Path:
         limits = self.settings.limits
         field = request.media_field
@@ -274,15 +298,21 @@ class Worker:
 
     def _check_input(self, source: Path, request: RestoreRequest) -> MediaInfo:
         """Everything that can be refused from the file's header is refused here, before the model runs."""
+        limits = self.settings.limits
         try:
-            info = probe(source)
+            info = probe(source, max_pixels=limits.max_input_pixels)
+        except MediaTooLarge as err:
+            raise WorkerError(
+                ErrorCode.TOO_LARGE,
+                f"input is {err.width}x{err.height} = {err.width * err.height:,} pixels per frame, "
+                f"over MAX_INPUT_PIXELS={err.limit:,}",
+            ) from None
         except MediaError as err:
             raise WorkerError(ErrorCode.UNSUPPORTED_MEDIA, f"Unsupported media: {err}") from None
         if request.media_type != "auto" and info.kind != request.media_type:
             raise WorkerError(
                 ErrorCode.UNSUPPORTED_MEDIA, f"media_type is {request.media_type} but the input is {A_KIND[info.kind]}"
             )
-        limits = self.settings.limits
         if info.frames > limits.max_frames:
             raise WorkerError(
                 ErrorCode.TOO_LARGE, f"input has {info.frames:,} frames, over MAX_FRAMES={limits.max_frames:,}"
@@ -293,6 +323,12 @@ class Worker:
                 ErrorCode.TOO_LARGE,
                 f"output would be {width}x{height} = {height * width:,} pixels per frame, "
                 f"over MAX_OUTPUT_PIXELS={limits.max_output_pixels:,}",
+            )
+        if max(height, width) > limits.max_output_side:
+            raise WorkerError(
+                ErrorCode.TOO_LARGE,
+                f"output would be {width}x{height} (the input's {info.width}x{info.height} aspect ratio), "
+                f"a side over MAX_OUTPUT_SIDE={limits.max_output_side:,}",
             )
         allowed = FORMATS_BY_KIND[info.kind]
         if request.output_format is not None and request.output_format not in allowed:
@@ -356,6 +392,8 @@ class Worker:
 
 def _known_failure(exc: Exception) -> Exception:
     """Map the lower floors' exceptions onto the contract's codes; others stay as they are."""
+    if _disk_full(exc):  # the worker's fault, not the media's; the message must not show the job's paths
+        return WorkerError(ErrorCode.INTERNAL, "Processing failed: no space left on the worker's disk")
     if isinstance(exc, ModelNotReady):
         return WorkerError(ErrorCode.MODEL_NOT_READY, str(exc))
     if isinstance(exc, Cancelled):
@@ -369,5 +407,15 @@ def _known_failure(exc: Exception) -> Exception:
     return exc
 
 
+def _disk_full(exc: BaseException | None) -> bool:
+    """ENOSPC anywhere in the chain (media code wraps OSErrors in MediaError)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        exc = exc.__cause__
+    return False
+
+
 def _safe_name(job_id: Any) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", str(job_id))[:80] or "job"
+    """A job id as one harmless path component and bucket key segment: no separators, no dots (no `..`)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", str(job_id))[:80] or "job"
