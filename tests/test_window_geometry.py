@@ -10,10 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dit_reference import _windows as reference_windows
-from dit_reference import reference_dit
-from seedvr.models import build_dit
 from seedvr.models.windows import WINDOW_METHODS, make_windows
-from test_dit import randomized, tiny_config
+from test_dit import assert_matches_reference, tiny_config
 
 REGULAR, SHIFTED = WINDOW_METHODS
 GRIDS = [(1, 2, 2), (31, 4, 6), (40, 90, 160), (7, 160, 90), (13, 45, 80), (2, 2, 200), (33, 46, 82)]
@@ -47,15 +45,6 @@ def test_dit_matches_the_reference_past_the_time_cap_and_on_a_tall_grid():
     window is capped at 30 / 4 -> 8 frames, so 4 regular and 5 shifted windows along t), a tall
     one-frame grid, and a grid whose windows are a single token wide."""
     cfg = tiny_config("v2", 2, 2, 16, 32, mm_layers=1, rope_dim=16, txt_in_dim=40)
-    model = build_dit("v2", cfg).eval()
-    sd = randomized(model, seed=11)
-    gen = torch.Generator().manual_seed(3)
     vid_shape = torch.tensor([[31, 4, 6], [1, 40, 6], [2, 2, 2]])
     txt_shape = torch.tensor([[3], [2], [4]])
-    vid = torch.randn(int(vid_shape.prod(-1).sum()), cfg["vid_in_channels"], generator=gen)
-    txt = torch.randn(int(txt_shape.sum()), cfg["txt_in_dim"], generator=gen)
-    timestep = torch.tensor([1000.0, 700.0, 1000.0])
-    with torch.no_grad():
-        out = model(vid, txt, vid_shape, txt_shape, timestep)
-    ref = reference_dit("v2", cfg, sd, vid, txt, vid_shape, txt_shape, timestep)
-    torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=1e-4)
+    assert_matches_reference("v2", cfg, 11, vid_shape, txt_shape, [1000.0, 700.0, 1000.0])

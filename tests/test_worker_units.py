@@ -141,12 +141,13 @@ def _download_error(url, tmp_path, max_bytes=10_000, timeout=10, allow_private=T
     return info.value
 
 
-def test_download_streams_file(tmp_path, monkeypatch):
+def test_download_streams_file_up_to_the_limit_inclusive(tmp_path, monkeypatch):
+    """Exactly MAX_INPUT_BYTES is accepted, declared or streamed."""
     monkeypatch.setenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", "true")
     body = b"\x00\x01video" * 500
     with file_server({"/clip.mp4": (body, {}), "/chunked": (body, {"no_length": True})}) as base:
-        assert download(base + "/clip.mp4", tmp_path / "a", 10_000, 10, True).read_bytes() == body
-        assert download(base + "/chunked", tmp_path / "b", 10_000, 10, True).read_bytes() == body
+        assert download(base + "/clip.mp4", tmp_path / "a", len(body), 10, True).read_bytes() == body
+        assert download(base + "/chunked", tmp_path / "b", len(body), 10, True).read_bytes() == body
 
 
 def test_download_failures(tmp_path, monkeypatch):
@@ -185,13 +186,8 @@ def test_download_failures(tmp_path, monkeypatch):
     assert error.code is ErrorCode.DOWNLOAD_FAILED and f"could not connect to http://127.0.0.1:{port}" in error.message
 
 
-def test_limits_are_inclusive(tmp_path, monkeypatch):
-    """Exactly MAX_INPUT_BYTES is accepted, declared or streamed, base64 or download."""
-    monkeypatch.setenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", "true")
+def test_base64_limit_is_inclusive(tmp_path):
     body = b"\x07" * 3000
-    with file_server({"/a": (body, {}), "/b": (body, {"no_length": True})}) as base:
-        assert download(base + "/a", tmp_path / "a", 3000, 10, True).read_bytes() == body
-        assert download(base + "/b", tmp_path / "b", 3000, 10, True).read_bytes() == body
     text = base64.b64encode(body).decode()
     assert write_base64(text, "media", tmp_path / "c", 3000).read_bytes() == body
     with pytest.raises(WorkerError) as info:
