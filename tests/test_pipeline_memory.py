@@ -38,8 +38,9 @@ def peak_memory(src: Path, dst: Path) -> dict:
 def test_peak_memory_does_not_grow_with_video_length(tmp_path):
     """960x540 input restored at a tiny size in windows of 9 frames, so that holding the clip would show.
     Both lengths are past the warm-up (allocator and codec pools settle during the first windows), so
-    the peaks differ by noise only (measured: docs/testing.md). A pipeline that keeps every decoded
-    frame would add (LONG - SHORT) frames, 75 MB as uint8; the test allows half of that."""
+    the peaks differ by little (measured +13 to +43 MB over 3 runs: docs/testing.md). A pipeline that
+    keeps every decoded frame adds (LONG - SHORT) frames, 75 MB as uint8, on top; the test allows 80 %
+    of that."""
     short = make_video(tmp_path / "short.mp4", frames=SHORT, width=WIDTH, height=HEIGHT, with_audio=False)
     long = make_video(tmp_path / "long.mp4", frames=LONG, width=WIDTH, height=HEIGHT, with_audio=False)
     a = peak_memory(short, tmp_path / "short_out.mp4")
@@ -47,4 +48,4 @@ def test_peak_memory_does_not_grow_with_video_length(tmp_path):
     leak = (LONG - SHORT) * FRAME_BYTES
     print(f"peak: {SHORT} frames {a['peak_bytes'] / 2**20:.0f} MiB, {LONG} frames {b['peak_bytes'] / 2**20:.0f} MiB")
     assert (a["frames"], b["frames"]) == (SHORT, LONG)
-    assert b["peak_bytes"] - a["peak_bytes"] < leak / 2
+    assert b["peak_bytes"] - a["peak_bytes"] < 0.8 * leak
