@@ -174,6 +174,36 @@ def with_alpha(pixels: np.ndarray) -> np.ndarray:
     return np.concatenate([pixels, a], axis=-1)
 
 
+def make_offset_clip(
+    path: str | Path, fmt: str, first_pts: int, click_at: float, frames: int = 12, fps: int = 25
+) -> Path:
+    """H.264 + AAC clip whose video starts at frame `first_pts` (in 1/fps) while the audio starts at 0,
+    silent but for a loud burst from `click_at` seconds on. A positive `first_pts` is video that starts
+    after the audio (mkv stores the start time; mp4/mov add an empty edit); a negative one gives mp4/mov
+    an edit list that hides the first `-first_pts` frames, which are decoded but never shown."""
+    path = Path(path)
+    with av.open(str(path), "w", format=_MUXERS.get(fmt, fmt)) as out:
+        video = out.add_stream("libx264", rate=fps, options={"bf": "0"})
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = out.add_stream("aac", rate=AUDIO_RATE)
+        audio.layout = "stereo"
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(pattern(i, 64, 48), format="rgb24").reformat(format="yuv420p")
+            frame.pts, frame.time_base = first_pts + i, Fraction(1, fps)
+            out.mux(video.encode(frame))
+        out.mux(video.encode())
+        seconds = (max(first_pts, 0) + frames) / fps + 0.2
+        samples = tone(seconds, AUDIO_RATE)
+        samples[:, : round(click_at * AUDIO_RATE)] = 0
+        for start in range(0, samples.shape[1], 1024):
+            block = np.ascontiguousarray(samples[:, start : start + 1024])
+            block = av.AudioFrame.from_ndarray(block, format="fltp", layout="stereo")
+            block.sample_rate, block.pts, block.time_base = AUDIO_RATE, start, Fraction(1, AUDIO_RATE)
+            out.mux(audio.encode(block))
+        out.mux(audio.encode())
+    return path
+
+
 def make_png_bomb(path: str | Path, width: int = 15000, height: int = 15000) -> Path:
     """A decompression bomb: a valid all-black RGB PNG of width x height, deflated to a few hundred KB (15000x15000:
     656 KB on disk, 675 MB of pixels). Written by hand, row by row, so making it never holds the pixels."""

@@ -21,6 +21,8 @@ from seedvr.checkpoints import (
     load_weights,
     missing_checkpoint_message,
 )
+from seedvr.models import build_dit
+from seedvr.models.vae import build_vae
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -368,10 +370,6 @@ def _check_loaded(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     ("arch", "fixture", "name"), [("v2", "dit_v2", "seedvr2_3b"), ("v1", "dit_v1", "seedvr2_7b")]
 )
 def test_fixture_dit_weights_load_strictly_into_meta_built_model(tmp_path, arch, fixture, name):
-    try:
-        from seedvr.models import build_dit
-    except ImportError as err:
-        pytest.skip(f"seedvr.models.build_dit not importable yet ({err})")
     config = json.loads((FIXTURES / fixture / "config.json").read_text())
     path = tmp_path / CHECKPOINT_FILES[name]
     state = _resave_as_pth(FIXTURES / fixture / "weights.safetensors", path)
@@ -380,18 +378,14 @@ def test_fixture_dit_weights_load_strictly_into_meta_built_model(tmp_path, arch,
     _check_loaded(load_weights(model, path, None, "cpu", strict=True), state)
 
 
-def _vae_or_skip():
-    try:
-        from seedvr.models.vae import build_vae
-    except ImportError as err:
-        pytest.skip(f"seedvr.models.vae.build_vae not importable yet ({err})")
+def _meta_vae() -> nn.Module:
     config = json.loads((FIXTURES / "vae" / "config.json").read_text())
     with torch.device("meta"):
         return build_vae(config)
 
 
 def test_fixture_vae_weights_load_strictly_into_meta_built_model(tmp_path):
-    model = _vae_or_skip()
+    model = _meta_vae()
     path = tmp_path / CHECKPOINT_FILES["vae"]
     state = _resave_as_pth(FIXTURES / "vae" / "weights.safetensors", path)
     model = load_weights(model, path, torch.bfloat16, "cpu", strict=True)
@@ -402,7 +396,7 @@ LEGACY = {"to_q.": "query.", "to_k.": "key.", "to_v.": "value.", "to_out.0.": "p
 
 
 def test_vae_maps_legacy_attention_names(tmp_path):
-    model = _vae_or_skip()
+    model = _meta_vae()
     state = load_state_dict_file(FIXTURES / "vae" / "weights.safetensors")
     legacy = {}
     for key, tensor in state.items():

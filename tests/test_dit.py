@@ -145,14 +145,19 @@ def test_unseen_configs_and_shapes_match_reference(arch, layers, heads, head_dim
     """Odd layer counts, other heads/widths, and a packed batch of a non-square video with odd patched
     sizes, an image and a clip large enough for uneven edge windows."""
     cfg = tiny_config(arch, layers, heads, head_dim, width, **extra)
-    model = build_dit(arch, cfg).eval()
-    sd = randomized(model, seed=layers * 100 + heads)
-    gen = torch.Generator().manual_seed(7)
     vid_shape = torch.tensor([[2, 10, 14], [1, 8, 6], [3, 36, 52]])
     txt_shape = torch.tensor([[5], [3], [4]])
+    assert_matches_reference(arch, cfg, layers * 100 + heads, vid_shape, txt_shape, [1000.0, 500.0, 1000.0])
+
+
+def assert_matches_reference(arch: str, cfg: dict, weight_seed: int, vid_shape, txt_shape, timesteps: list) -> None:
+    """Random weights and inputs (seed 7) for `cfg` and the packed shapes: the model equals the loop reference."""
+    model = build_dit(arch, cfg).eval()
+    sd = randomized(model, seed=weight_seed)
+    gen = torch.Generator().manual_seed(7)
     vid = torch.randn(int(vid_shape.prod(-1).sum()), cfg["vid_in_channels"], generator=gen)
     txt = torch.randn(int(txt_shape.sum()), cfg["txt_in_dim"], generator=gen)
-    timestep = torch.tensor([1000.0, 500.0, 1000.0])
+    timestep = torch.tensor(timesteps)
     with torch.no_grad():
         out = model(vid, txt, vid_shape, txt_shape, timestep)
     ref = reference_dit(arch, cfg, sd, vid, txt, vid_shape, txt_shape, timestep)

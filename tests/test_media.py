@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 
-from mediagen import make_image, make_video, pattern, with_alpha
+from mediagen import make_image, make_offset_clip, make_video, pattern, with_alpha
 from seedvr.media import (
     DECODE_FAILED,
     MediaError,
@@ -34,10 +34,10 @@ def pooled(frames: np.ndarray) -> np.ndarray:
     return frames.reshape(*lead, h // 4, 4, w // 4, 4, c).astype(np.float64).mean(axis=(-4, -2))
 
 
-def assert_frames_match(frames: np.ndarray, tolerance: float = 5.0) -> None:
-    """Frame i looks like pattern(i): catches colour shifts, dropped, repeated or reordered frames."""
+def assert_frames_match(frames: np.ndarray, tolerance: float = 5.0, start: int = 0) -> None:
+    """Frame i looks like pattern(start + i): catches colour shifts, dropped, repeated or reordered frames."""
     for i, frame in enumerate(frames):
-        error = np.abs(pooled(frame) - pooled(pattern(i, W, H))).mean()
+        error = np.abs(pooled(frame) - pooled(pattern(start + i, W, H))).mean()
         assert error < tolerance, f"frame {i} differs from its source by {error:.1f}"
 
 
@@ -435,3 +435,42 @@ def test_write_image_rejects_bad_input(tmp_path):
         write_image(tmp_path / "a.gif", pattern(0, W, H), "gif")
     with pytest.raises(MediaError, match=r"uint8 \[H,W,3\]"):
         write_image(tmp_path / "a.png", pattern(0, W, H).astype(np.float32), "png")
+
+
+def _onset(path: Path) -> float:
+    """Presentation time of the first loud audio sample."""
+    with av.open(str(path)) as container:
+        for frame in container.decode(audio=0):
+            loud = np.flatnonzero(np.abs(frame.to_ndarray()).max(axis=0) > 0.2)
+            if len(loud):
+                return frame.time + loud[0] / frame.sample_rate
+    raise AssertionError("no loud sample")
+
+
+def _first_frame_time(path: Path) -> float:
+    with av.open(str(path)) as container:
+        return next(container.decode(video=0)).time
+
+
+@pytest.mark.parametrize(
+    "fmt, out_fmt, first_pts",
+    [("mkv", "mp4", 12), ("mp4", "mp4", 12), ("mp4", "webm", 12), ("mp4", "mov", -3), ("mov", "mp4", -3)],
+)
+def test_audio_keeps_its_place_against_the_first_shown_frame(tmp_path, fmt, out_fmt, first_pts):
+    """Video that starts 0.48 s after the audio, or an edit list that hides the first 3 decoded frames:
+    the output's first frame is the source's first shown frame, and the audio burst sits at the same
+    distance from it as in the source (within one audio frame of AAC/Opus priming)."""
+    source = make_offset_clip(tmp_path / f"src.{fmt}", fmt, first_pts, click_at=max(first_pts, 0) / 25 + 0.32)
+    shown = 12 - max(0, -first_pts)
+    frames = read_all(source)
+    assert len(frames) == probe(source).frames == shown
+    assert_frames_match(frames, start=max(0, -first_pts))
+    out = tmp_path / f"out.{out_fmt}"
+    with VideoWriter(out, W, H, Fraction(25), fmt=out_fmt, audio_from=source) as writer:
+        for chunk in iter_video(source, 5):
+            writer.write(chunk)
+    assert probe(out).frames == shown
+    expected = _onset(source) - _first_frame_time(source)
+    measured = _onset(out) - _first_frame_time(out)
+    print(f"{fmt}->{out_fmt}: burst {expected:.4f} s after the first frame in the source, {measured:.4f} s in the output")
+    assert abs(measured - expected) < 0.003  # measured: at most 0.5 ms (Opus resampling)

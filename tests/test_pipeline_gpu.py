@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from mediagen import pattern
 from seedvr.pipeline import RestoreOptions, make_plan, restore_frames, restore_reference
+from seedvr.pipeline.colorfix import color_fix
 from seedvr.pipeline.restore import Stages
 from tiny import tiny_models
 
@@ -23,13 +24,27 @@ def _run(models, clip: np.ndarray, options: RestoreOptions) -> np.ndarray:
     return np.concatenate(list(restore_frames([clip], models, options, plan, stages)))
 
 
-def test_cuda_bf16_is_deterministic_and_finite():
-    models = tiny_models(device="cuda", dtype=torch.bfloat16)
+def test_cuda_bf16_is_deterministic_and_close_to_fp32_on_the_cpu():
+    """bf16 on CUDA against float32 on the CPU, frame bytes compared. bf16 on the CPU differs from float32
+    by 0.85 levels on average (99th percentile 4); the restored frames differ from the input by 67, so
+    a broken CUDA path cannot pass the bound."""
     clip = np.stack([pattern(i, 64, 48) for i in range(13)])
     options = RestoreOptions(scale=1.0, batch_frames=9, overlap_frames=5)
-    first = _run(models, clip, options)
-    assert first.shape == clip.shape
-    np.testing.assert_array_equal(_run(models, clip, options), first)
+    first = _run(tiny_models(device="cuda", dtype=torch.bfloat16), clip, options)
+    assert first.shape == clip.shape and first.dtype == np.uint8
+    np.testing.assert_array_equal(_run(tiny_models(device="cuda", dtype=torch.bfloat16), clip, options), first)
+    expected = _run(tiny_models(dtype=torch.float32), clip, options).astype(int)
+    error = np.abs(first.astype(int) - expected)
+    print(f"CUDA bf16 vs CPU fp32: mean {error.mean():.2f}, p99 {np.percentile(error, 99):.0f}, max {error.max()}")
+    assert error.mean() < 2.0 and np.percentile(error, 99) <= 8
+
+
+def test_cuda_color_fixes_match_the_cpu():
+    g = torch.Generator().manual_seed(0)
+    content, style = torch.randn(2, 3, 40, 48, generator=g), torch.randn(2, 3, 40, 48, generator=g)
+    for name in ("wavelet", "adain"):
+        on_cuda = color_fix(name, content.cuda(), style.cuda())
+        torch.testing.assert_close(on_cuda.cpu(), color_fix(name, content, style), atol=1e-5, rtol=1e-5)
 
 
 def test_cuda_fp32_reference_matches_fixture():

@@ -6,7 +6,16 @@ import torch
 
 from mediagen import pattern
 from seedvr.pipeline import RestorationModels, RestoreOptions, make_plan, restore, restore_frames
-from seedvr.pipeline.temporal import Crossfade, detect_cuts, iter_windows, join_windows, pad_to_4n1, padded_length, plan_windows
+from seedvr.pipeline.temporal import (
+    Crossfade,
+    default_overlap,
+    detect_cuts,
+    iter_windows,
+    join_windows,
+    pad_to_4n1,
+    padded_length,
+    plan_windows,
+)
 
 CLIP = np.stack([pattern(i, 64, 48) for i in range(33)])  # smooth motion, 48x64
 
@@ -15,7 +24,16 @@ def test_padded_length_follows_official_cut():
     assert [padded_length(n) for n in (1, 2, 3, 4, 5, 6, 8, 9, 10, 21, 22)] == [1, 5, 5, 5, 5, 9, 9, 9, 13, 21, 25]
     x = torch.arange(6.0)
     assert pad_to_4n1(x).tolist() == [0, 1, 2, 3, 4, 5, 5, 5, 5]
+    assert pad_to_4n1(torch.arange(8.0)).tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 7]  # one frame short
     assert pad_to_4n1(torch.zeros(3, 1, 2), dim=1).shape == (3, 1, 2)  # one frame stays one
+    video = torch.arange(2 * 3 * 4.0).view(2, 3, 4)  # [C, T, W]: pad along dim 1, other sizes kept
+    padded = pad_to_4n1(video, dim=1)
+    assert padded.shape == (2, 5, 4)
+    assert torch.equal(padded[:, :3], video) and torch.equal(padded[:, 3:], video[:, 2:].expand(2, 2, 4))
+
+
+def test_default_overlap_keeps_the_stride_a_multiple_of_four():
+    assert [default_overlap(w) for w in (1, 5, 9, 13, 101)] == [0, 1, 5, 5, 5]
 
 
 @pytest.mark.parametrize(
@@ -34,22 +52,54 @@ def test_windows_cover_the_stream_once_in_order(total, window, overlap):
 def test_window_settings_are_checked():
     with pytest.raises(ValueError, match="4n\\+1"):
         plan_windows(20, 8, 2)
-    with pytest.raises(ValueError, match="overlap_frames"):
+    with pytest.raises(ValueError, match="overlap_frames must be between 0 and batch_frames - 1 = 8, got 9"):
         plan_windows(20, 9, 9)
 
 
+def test_a_window_leaves_as_soon_as_its_frames_have_arrived():
+    """Streaming: the first window is yielded before the next chunk is read, so only one window waits."""
+    pulled = []
+
+    def chunks():
+        for i in range(3):
+            pulled.append(i)
+            yield CLIP[9 * i : 9 * i + 9]
+
+    windows = iter_windows(chunks(), 9, 1)
+    start, frames = next(windows)
+    assert (start, len(frames), pulled) == (0, 9, [0])
+
+
 def test_crossfade_weights_are_linear_and_sum_to_one():
+    """Both windows carry distinct values, so each one's weight shows: the earlier window's frames
+    6, 7, 8 (values 6, 7, 8) meet the later window's first three (100, 110, 120) with the later weight
+    1/4, 2/4, 3/4."""
     fade = Crossfade(overlap=3)
-    first = fade.push(0, torch.zeros(9, 1))
-    assert len(first) == 6
-    second = fade.push(6, torch.ones(7, 1))
-    assert second[:3, 0].tolist() == pytest.approx([0.25, 0.5, 0.75])
-    assert second[3:, 0].tolist() == [1.0]
-    assert len(fade.finish()) == 3
+    first = fade.push(0, torch.arange(9.0).view(9, 1))
+    assert first[:, 0].tolist() == [0, 1, 2, 3, 4, 5]
+    second = fade.push(6, (100 + 10 * torch.arange(7.0)).view(7, 1))
+    assert second[:, 0].tolist() == pytest.approx([29.5, 58.5, 92.0, 130.0])
+    assert fade.finish()[:, 0].tolist() == [140.0, 150.0, 160.0]
+    assert fade.finish() is None
     fade = Crossfade(overlap=3)
     fade.push(0, torch.zeros(9, 1))
-    with pytest.raises(ValueError, match="held frames"):
+    with pytest.raises(ValueError, match="window of 4 frames at 5 does not cover the 3 held frames at 6"):
         fade.push(5, torch.zeros(4, 1))
+    with pytest.raises(ValueError, match="held frames"):
+        fade.push(6, torch.zeros(2, 1))
+    assert fade.push(6, torch.ones(3, 1))[:, 0].tolist() == []  # exactly the held frames: blended, held again
+    assert fade.finish()[:, 0].tolist() == pytest.approx([0.25, 0.5, 0.75])
+
+
+def test_crossfade_weights_follow_the_frames_dtype_and_device():
+    """Exact thirds in float64 (a float32 weight would round them), and the weights are made on the
+    frames' device, not the default one (meta as the default shows it without a GPU)."""
+    with torch.device("meta"):
+        fade = Crossfade(overlap=2)
+        fade.push(0, torch.zeros(4, 1, dtype=torch.float64, device="cpu"))
+        out = fade.push(2, torch.ones(4, 1, dtype=torch.float64, device="cpu"))
+    assert out.device.type == "cpu" and out.dtype == torch.float64
+    assert out[:, 0].tolist() == [1 / 3, 2 / 3]
 
 
 def _jumps(frames: np.ndarray) -> np.ndarray:
@@ -95,8 +145,9 @@ def test_seam_metric_crossfade_hides_window_borders(monkeypatch):
     faded_ratio = (faded / single).max()  # every transition, borders and blends included
     inside = [t for t in range(len(single)) if t not in hard_borders]
     assert np.allclose(hard[inside], single[inside], atol=0.5)
-    assert hard_ratio > 1.5  # the metric sees a seam when there is one
-    assert faded_ratio < 1.3  # the crossfade keeps every transition close to the seamless run
+    print(f"seam ratio: hard {hard_ratio:.3f}, crossfaded {faded_ratio:.3f}")
+    assert hard_ratio > 1.7  # the metric sees a seam when there is one (measured 1.83)
+    assert faded_ratio < 1.22  # the crossfade keeps every transition close to the seamless run (measured 1.197)
 
 
 @pytest.mark.parametrize(

@@ -74,5 +74,7 @@ def test_tiled_tiny_vae_is_close_to_untiled():
     small, large = rel_error(48), rel_error(64)
     print(f"relative mean error (encode, decode): tile 48 {small}, tile 64 {large}")
     assert large[0] < small[0] and large[1] < small[1]
-    assert max(large) < 0.5  # random weights, frames only 1.5 tiles wide: a loose bound
+    # random weights, frames only 1.5 tiles wide; measured (0.302, 0.603) and (0.117, 0.435)
+    assert small[0] < 0.33 and small[1] < 0.66
+    assert large[0] < 0.13 and large[1] < 0.48
     torch.testing.assert_close(vae_encode(vae, x, noise, Tiling(96, 16)), z, atol=0, rtol=0)

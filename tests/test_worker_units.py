@@ -4,7 +4,11 @@ HTTP server on loopback), inline/upload delivery (a real S3-compatible server), 
 from __future__ import annotations
 
 import base64
+import contextlib
+import ipaddress
 import json
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,6 +54,12 @@ def _error(payload) -> WorkerError:
         ({"media": 12}, "media must be a base64 string"),
         ({"media": "x", "image": "y"}, "give only one of media, video, image, media_url (got media, image)"),
         ({"media_url": "file:///etc/passwd"}, "media_url must be an http or https URL"),
+        ({"media_url": "ftp://example.com/clip.mp4"}, "media_url must be an http or https URL"),
+        (
+            {"res_h": 720},
+            "No video data provided: give media, video, image or media_url, or an action (one of health, "
+            "initialize, restore)",
+        ),
         ({"action": "initialize", "sp_size": 0}, "sp_size must be an integer between 1 and 64"),
         ({"action": "restore"}, "No video data provided: give media, video, image or media_url"),
         ({"action": "upscale"}, "action must be one of health, initialize, restore, plan (got 'upscale')"),
@@ -111,6 +121,7 @@ def test_base64_with_and_without_data_uri(tmp_path):
     [
         ("not base64!!", ErrorCode.INVALID_INPUT, "Invalid base64 video data"),
         ("QUJD=X", ErrorCode.INVALID_INPUT, "Invalid base64 video data"),
+        ("QUJD!!!!", ErrorCode.INVALID_INPUT, "Invalid base64 video data"),  # a lenient decoder drops the !
         ("", ErrorCode.INVALID_INPUT, "video is empty"),
         ("data:video/mp4,QUJD", ErrorCode.INVALID_INPUT, "Invalid base64 video data"),
     ],
@@ -139,12 +150,13 @@ def _download_error(url, tmp_path, max_bytes=10_000, timeout=10, allow_private=T
     return info.value
 
 
-def test_download_streams_file(tmp_path, monkeypatch):
+def test_download_streams_file_up_to_the_limit_inclusive(tmp_path, monkeypatch):
+    """Exactly MAX_INPUT_BYTES is accepted, declared or streamed."""
     monkeypatch.setenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", "true")
     body = b"\x00\x01video" * 500
     with file_server({"/clip.mp4": (body, {}), "/chunked": (body, {"no_length": True})}) as base:
-        assert download(base + "/clip.mp4", tmp_path / "a", 10_000, 10, True).read_bytes() == body
-        assert download(base + "/chunked", tmp_path / "b", 10_000, 10, True).read_bytes() == body
+        assert download(base + "/clip.mp4", tmp_path / "a", len(body), 10, True).read_bytes() == body
+        assert download(base + "/chunked", tmp_path / "b", len(body), 10, True).read_bytes() == body
 
 
 def test_download_failures(tmp_path, monkeypatch):
@@ -155,14 +167,25 @@ def test_download_failures(tmp_path, monkeypatch):
         "/big-chunked": (big, {"no_length": True}),
         "/slow": (b"y" * 40_000, {"delay": 0.3}),
         "/empty": (b"", {}),
+        "/bad-request": (b"no", {"status": 400}),
+        "/claims-a-gigabyte": (b"z" * 100, {"length": 10**9}),  # refused on the header, before any read
+        "/dies-midway": (b"z" * 1000, {"length": 5000}),
     }
     with file_server(routes) as base:
         error = _download_error(base + "/big", tmp_path)
-        assert error.code is ErrorCode.TOO_LARGE and "20,000 bytes" in error.message
-        error = _download_error(base + "/big-chunked", tmp_path)
         assert error.code is ErrorCode.TOO_LARGE
+        assert error.message == "media_url's file is 20,000 bytes, over the input limit MAX_INPUT_BYTES=10,000"
+        error = _download_error(base + "/big-chunked", tmp_path)
+        assert error.code is ErrorCode.TOO_LARGE and error.message.startswith("media_url's file is ")
+        error = _download_error(base + "/claims-a-gigabyte", tmp_path, timeout=5)
+        assert error.code is ErrorCode.TOO_LARGE and "1,000,000,000 bytes" in error.message
+        error = _download_error(base + "/dies-midway", tmp_path)
+        assert error.code is ErrorCode.DOWNLOAD_FAILED
+        assert error.message.startswith("media_url download failed: ") and "broke off" in error.message
         error = _download_error(base + "/missing", tmp_path)
         assert error.code is ErrorCode.DOWNLOAD_FAILED and "HTTP 404" in error.message
+        error = _download_error(base + "/bad-request", tmp_path)
+        assert error.code is ErrorCode.DOWNLOAD_FAILED and "HTTP 400" in error.message
         error = _download_error(base + "/slow", tmp_path, max_bytes=100_000, timeout=1)
         assert error.code is ErrorCode.DOWNLOAD_FAILED and "DOWNLOAD_TIMEOUT=1 s" in error.message
         error = _download_error(base + "/empty", tmp_path)
@@ -172,12 +195,78 @@ def test_download_failures(tmp_path, monkeypatch):
     assert error.code is ErrorCode.DOWNLOAD_FAILED and f"could not connect to http://127.0.0.1:{port}" in error.message
 
 
+def test_base64_limit_is_inclusive(tmp_path):
+    body = b"\x07" * 3000
+    text = base64.b64encode(body).decode()
+    assert write_base64(text, "media", tmp_path / "c", 3000).read_bytes() == body
+    with pytest.raises(WorkerError) as info:
+        write_base64(text, "media", tmp_path / "d", 2999)
+    assert info.value.message == "media (decoded) is 3,000 bytes, over the input limit MAX_INPUT_BYTES=2,999"
+
+
 def test_private_addresses_are_refused_by_default(tmp_path, monkeypatch):
     monkeypatch.delenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", raising=False)
     for url in ("http://127.0.0.1:9/x.mp4", "http://10.1.2.3/x.mp4", "http://169.254.169.254/latest", "http://[::1]/x"):
         error = _download_error(url, tmp_path, allow_private=False)
         assert error.code is ErrorCode.INVALID_INPUT, url
         assert "RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS=true" in error.message
+
+
+PUBLIC_IP = "93.184.216.34"  # a globally routable address; no packet is ever sent to it
+
+
+@contextlib.contextmanager
+def public_looking_host(monkeypatch, base: str, later: str | None = None) -> Iterator[str]:
+    """Yields `base` (a loopback server's URL) renamed to host cdn.example, which the worker's DNS sees
+    as PUBLIC_IP; the first lookup of cdn.example answers PUBLIC_IP and later ones `later` (a DNS
+    rebinding) when given. A connection to PUBLIC_IP is dialled to loopback, so the SDK's pinned fetch
+    reaches the test server; every other name resolves only if it is a loopback address."""
+    real = socket.getaddrinfo
+    lookups = []
+
+    def fake_getaddrinfo(host, port, *args, **kwargs):
+        if host == "cdn.example":
+            lookups.append(host)
+            host = PUBLIC_IP if later is None or len(lookups) == 1 else later
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (host, port))]
+        if host == PUBLIC_IP:
+            host = "127.0.0.1"
+        infos = real(host, port, *args, **kwargs)
+        assert all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos), host
+        return infos
+
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", raising=False)
+    monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
+    yield base.replace("127.0.0.1", "cdn.example")
+
+
+def test_public_host_downloads_through_the_pinned_fetch(tmp_path, monkeypatch):
+    """The control for the two tests below: the simulated public host serves its file."""
+    with file_server({"/clip.mp4": (b"video", {})}) as base, public_looking_host(monkeypatch, base) as url:
+        assert download(url + "/clip.mp4", tmp_path / "in", 10_000, 10, False).read_bytes() == b"video"
+
+
+def test_redirect_to_a_private_address_is_refused_after_the_pre_check(tmp_path, monkeypatch):
+    """cdn.example passes the worker's own check (it resolves to a public address), then answers with a
+    redirect to loopback: only re-validating every hop (the SDK's safe_get) stops the second request."""
+    with file_server({"/secret": (b"metadata credentials", {})}) as base:
+        routes = {"/clip.mp4": (b"", {"status": 302, "headers": {"Location": base + "/secret"}})}
+        with file_server(routes) as public, public_looking_host(monkeypatch, public) as url:
+            error = _download_error(url + "/clip.mp4", tmp_path, allow_private=False)
+    assert error.code in (ErrorCode.DOWNLOAD_FAILED, ErrorCode.INVALID_INPUT)
+    assert "127.0.0.1" in error.message and not (tmp_path / "in").exists()
+
+
+def test_dns_rebinding_after_the_pre_check_is_refused(tmp_path, monkeypatch):
+    """cdn.example answers a public address to the worker's check, then 127.0.0.1: the fetch must use the
+    address it validates itself (IP pinning), not a fresh lookup by the HTTP client."""
+    with file_server({"/clip.mp4": (b"internal", {})}) as base:
+        with public_looking_host(monkeypatch, base, later="127.0.0.1") as url:
+            error = _download_error(url + "/clip.mp4", tmp_path, allow_private=False)
+    assert error.code in (ErrorCode.DOWNLOAD_FAILED, ErrorCode.INVALID_INPUT)
+    assert "127.0.0.1" in error.message and not (tmp_path / "in").exists()
 
 
 def test_unresolvable_host(tmp_path):

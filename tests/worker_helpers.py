@@ -53,7 +53,9 @@ def b64(path: Path) -> str:
 
 class _FileHandler(http.server.BaseHTTPRequestHandler):
     """Serves `routes`: path -> (bytes, options). Options: `no_length` (chunked, no Content-Length),
-    `status`, `delay` (seconds between chunks)."""
+    `status`, `delay` (seconds between chunks), `headers` (extra response headers, e.g. a redirect's
+    Location), `length` (a declared Content-Length other than the body's; the connection closes after
+    the body, as a server that dies midway)."""
 
     routes: dict[str, tuple[bytes, dict[str, Any]]] = {}
     protocol_version = "HTTP/1.1"
@@ -61,10 +63,15 @@ class _FileHandler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         body, options = self.routes.get(self.path, (b"not found", {"status": 404}))
         self.send_response(options.get("status", 200))
+        for name, value in options.get("headers", {}).items():
+            self.send_header(name, value)
         if options.get("no_length"):
             self.send_header("Transfer-Encoding", "chunked")
         else:
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(options.get("length", len(body))))
+        if "length" in options:
+            self.close_connection = True
+            self.send_header("Connection", "close")
         self.end_headers()
         chunks = [body[i : i + 4096] for i in range(0, len(body), 4096)] or [b""]
         for chunk in chunks:
