@@ -65,9 +65,10 @@ def test_a_window_leaves_as_soon_as_its_frames_have_arrived():
             pulled.append(i)
             yield CLIP[9 * i : 9 * i + 9]
 
-    windows = iter_windows(chunks(), 9, 1)
+    spans = plan_windows(27, 9, 1)
+    windows = iter_windows(chunks(), spans)
     start, frames = next(windows)
-    assert (start, len(frames), pulled) == (0, 9, [0])
+    assert (start, start + len(frames), pulled) == (*spans[0], [0])
 
 
 def test_crossfade_weights_are_linear_and_sum_to_one():

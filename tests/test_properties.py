@@ -108,8 +108,9 @@ def test_streamed_windows_and_crossfade_give_every_frame_once(case, chunk_sizes)
     bounds = np.cumsum([0, *chunk_sizes])
     chunks = [frames[a:b] for a, b in zip(bounds, bounds[1:]) if a < total] + [frames[bounds[-1] :]]
     chunks = [c for c in chunks if len(c)]
-    cut = list(iter_windows(chunks, window, overlap))
-    assert [(start, start + len(w)) for start, w in cut] == plan_windows(total, window, overlap)
+    spans = plan_windows(total, window, overlap)
+    cut = list(iter_windows(chunks, spans))
+    assert [(start, start + len(w)) for start, w in cut] == spans
     fade = Crossfade(overlap)
     out = [fade.push(start, torch.from_numpy(w.copy())) for start, w in cut]
     tail = fade.finish()

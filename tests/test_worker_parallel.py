@@ -116,7 +116,7 @@ def test_a_failure_on_rank_1_fails_the_job_and_the_ranks_serve_the_next(worker, 
 
     failed = restore(worker, setup)  # two windows, one per rank: rank 1 fails before its window
     assert failed["error_code"] == "INTERNAL", failed
-    assert "RuntimeError: injected fault (SEEDVR_SP_FAULT) on rank 1 before window 2" in failed["error"]
+    assert "Processing failed: injected fault (SEEDVR_SP_FAULT) on rank 1 before window 2" in failed["error"]
     assert worker.group.running and worker.group.pids == pids and all(map(alive, pids))
 
     again = restore(worker, setup, batch_frames=9)  # one window, on both ranks together: no fault

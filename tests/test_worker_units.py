@@ -58,7 +58,7 @@ def _error(payload) -> WorkerError:
         (
             {"res_h": 720},
             "No video data provided: give media, video, image or media_url, or an action (one of health, "
-            "initialize, restore)",
+            "initialize, restore, plan)",
         ),
         ({"action": "initialize", "sp_size": 0}, "sp_size must be an integer between 1 and 64"),
         ({"action": "restore"}, "No video data provided: give media, video, image or media_url"),

@@ -126,10 +126,11 @@ class Worker:
                 return self._restore_watched(job, request, cancel)
         except Exception as exc:  # noqa: BLE001 - the contract: one string error, never a traceback
             error = classify_failure(_known_failure(exc), job_id)
-            if error.refresh_worker or error.code is ErrorCode.CANCELLED:
-                self._release_gpu_memory()
-            log.info("job %s failed: %s %s", job_id, error.code.value, error.message)
-            return error_response(error)
+        # out of the except block, the failure's traceback (and the tensors its frames hold) is gone
+        if error.refresh_worker or error.code is ErrorCode.CANCELLED:
+            self._release_gpu_memory()
+        log.info("job %s failed: %s %s", job_id, error.code.value, error.message)
+        return error_response(error)
 
     # ------------------------------------------------------------------ actions
 

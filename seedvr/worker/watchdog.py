@@ -126,5 +126,5 @@ def run_watched(work: Callable[[], Result], watchdog: Watchdog, on_stall: Callab
             thread.join(UNWIND_GRACE)
             raise Stalled(message, thread)
     if "error" in outcome:
-        raise outcome["error"]
+        raise outcome.pop("error")  # popped: the dict in this frame must not keep the failed job's tensors alive
     return outcome["value"]
