@@ -9,6 +9,7 @@ docs/media.md lists what is preserved (fps, frame count, audio, colours) and wha
 from __future__ import annotations
 
 import logging
+import os
 import struct
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -437,7 +438,9 @@ class VideoWriter:
     """Encode RGB uint8 chunks to mp4/mov (H.264) or webm (VP9), yuv420p, tagged BT.709 limited range.
 
     Context manager: `with VideoWriter(...) as w: w.write(frames)`. The audio of `audio_from` (if it
-    has any) is interleaved as the video is written, so nothing accumulates in memory."""
+    has any) is interleaved as the video is written, so nothing accumulates in memory. The file is
+    written under a hidden partial name and renamed to `path` only once it is complete, so a crash or a
+    kill never leaves a half-written file under the name a user asked for."""
 
     def __init__(
         self,
@@ -462,6 +465,7 @@ class VideoWriter:
         self.path, self.width, self.height, self.fps = Path(path), width, height, fps
         if not self.path.parent.is_dir():
             raise MediaError(f"could not create the output {self.path}: its folder does not exist")
+        self._partial = self.path.with_name(f".{self.path.name}.partial")
         self.frames = 0
         encoding = _ENCODINGS[fmt]
         self._closed = False
@@ -469,12 +473,13 @@ class VideoWriter:
         try:
             options = _MUXER_OPTIONS.get(fmt, {})
             self._output = self._resources.enter_context(
-                av.open(str(self.path), "w", format=encoding.muxer, container_options=options)
+                av.open(str(self._partial), "w", format=encoding.muxer, container_options=options)
             )
             self._video = self._add_video(encoding, crf)
             self._audio = self._add_audio(Path(audio_from), encoding) if audio_from else None
         except BaseException as exc:
             self._resources.close()
+            self._partial.unlink(missing_ok=True)
             if isinstance(exc, (av.FFmpegError, OSError)):
                 raise MediaError(f"could not create the output {self.path.name}: {_reason(exc)}") from exc
             raise
@@ -527,15 +532,22 @@ class VideoWriter:
         if self._closed:
             return
         self._closed = True
+        complete = False
         try:
             if flush:
                 with self._encoding_errors():
                     self._output.mux(self._video.encode(None))
                     if self._audio:
                         self._audio.mux_until(self._output, float(self.frames / self.fps))
-        finally:
             with self._encoding_errors():
                 self._resources.close()
+            complete = flush
+        finally:
+            self._resources.close()
+            if complete:
+                os.replace(self._partial, self.path)
+            else:
+                self._partial.unlink(missing_ok=True)
 
     @contextmanager
     def _encoding_errors(self) -> Iterator[None]:

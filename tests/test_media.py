@@ -474,3 +474,20 @@ def test_audio_keeps_its_place_against_the_first_shown_frame(tmp_path, fmt, out_
     measured = _onset(out) - _first_frame_time(out)
     print(f"{fmt}->{out_fmt}: burst {expected:.4f} s after the first frame in the source, {measured:.4f} s in the output")
     assert abs(measured - expected) < 0.003  # measured: at most 0.5 ms (Opus resampling)
+
+
+def test_a_video_appears_under_its_name_only_when_complete(tmp_path):
+    """Written under a hidden partial name and renamed at the end: a crash mid-way (here an exception)
+    leaves neither the asked-for file nor the partial one."""
+    frames = np.zeros((60, 16, 16, 3), np.uint8)  # enough for the encoder to emit packets before the end
+    dst = tmp_path / "out.mp4"
+    with VideoWriter(dst, 16, 16, Fraction(24)) as writer:
+        writer.write(frames)
+        assert not dst.exists()
+    assert probe(dst).frames == 60 and sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
+    failed = tmp_path / "failed.mp4"
+    with pytest.raises(RuntimeError, match="crash"):
+        with VideoWriter(failed, 16, 16, Fraction(24)) as writer:
+            writer.write(frames)
+            raise RuntimeError("crash")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
