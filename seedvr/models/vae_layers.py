@@ -3,12 +3,14 @@
 Every temporal operation is causal: output frame t depends on input frames <= t only. That is what lets a
 long clip be processed in temporal chunks with bounded memory: a `StreamCache` (a dict keyed by module)
 carries, from one chunk to the next, the few input frames each causal conv still needs. `cache=None` means
-"this call sees the whole clip". Norms and attention work per frame, so they need no cache at all.
+"this call sees the whole clip". Norms and attention work per frame, so they need no cache at all. Convs and
+resnet blocks read and write the cache around a `step` that sees tensors only: what `torch.compile` compiles.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 import torch.nn.functional as F
@@ -49,8 +51,19 @@ class CausalConv3d(nn.Conv3d):
         self.max_input_bytes = math.inf
 
     def forward(self, x: Tensor, cache: StreamCache | None = None) -> Tensor:
-        kernel_t, stride_t = self.kernel_size[0], self.stride[0]
         previous = None if cache is None else cache.get(self)
+        y, tail = self.step(x, previous, streaming=cache is not None)
+        if tail is not None:
+            cache[self] = tail
+        return y
+
+    def step(self, x: Tensor, previous: Tensor | None, streaming: bool) -> tuple[Tensor, Tensor | None]:
+        """`forward` on tensors alone: `previous` is the cached head (None: the clip starts here); returns
+        the output and, when `streaming`, the input frames the next chunk needs (None if it needs none).
+
+        Keeping the module-keyed cache out of here is what lets one compiled graph serve every instance.
+        """
+        kernel_t, stride_t = self.kernel_size[0], self.stride[0]
         head = x[:, :, :1].expand(-1, -1, kernel_t - 1, -1, -1) if previous is None else previous
         if head.shape[2]:
             x = torch.cat([head, x], dim=2)
@@ -60,9 +73,8 @@ class CausalConv3d(nn.Conv3d):
                 "chunk sizes must be multiples of the VAE's temporal factor"
             )
         keep = kernel_t - stride_t
-        if cache is not None and keep > 0:
-            cache[self] = x[:, :, x.shape[2] - keep :].clone()
-        return self._conv_in_row_bands(x)
+        tail = x[:, :, x.shape[2] - keep :].clone() if streaming and keep > 0 else None
+        return self._conv_in_row_bands(x), tail
 
     def _conv_in_row_bands(self, x: Tensor, pad_rows: tuple[int, int] | None = None) -> Tensor:
         """Spatially padded conv, computed in bands of output rows when the input exceeds `max_input_bytes`.
@@ -70,26 +82,32 @@ class CausalConv3d(nn.Conv3d):
         At 720p and above one conv's input is gigabytes; whole, it needs a large workspace and can pass the
         2**31-element limit of 32-bit-indexed kernels. Each band reads its own halo rows: same result.
         `pad_rows` (zero rows above, below) replaces the conv's own row padding, for a caller that brings
-        neighbouring rows itself (a sequence-parallel rank's band, seedvr/bands.py).
+        neighbouring rows itself (a sequence-parallel rank's band, seedvr/bands.py). Band bounds are plain
+        integer arithmetic on the shape, so a compiled caller gets shape guards, not a host sync.
         """
-        bands = math.ceil(x.numel() * x.element_size() / self.max_input_bytes)
+        size_bytes, limit = x.numel() * x.element_size(), self.max_input_bytes
+        bands = 1 if limit == math.inf else -(-size_bytes // limit)  # ceil, in integers
         if bands <= 1 and pad_rows is None:
             return super().forward(x)
         (_, pad_h, pad_w), (_, kernel_h, _), (_, stride_h, _) = self.padding, self.kernel_size, self.stride
         top, bottom = (pad_h, pad_h) if pad_rows is None else pad_rows
-        height = x.shape[3]
+        # operator.index: a compiled caller specialises on the height and band count here (large inputs
+        # only), so the bounds stay plain integers; symbolic ones make guards that take a minute to trace.
+        height = operator.index(x.shape[3])
         rows_out = (height + top + bottom - kernel_h) // stride_h + 1
+        count = operator.index(min(max(bands, 1), rows_out))
+        size, larger = rows_out // count, rows_out % count  # as tensor_split: the first `larger` have a row more
         out = None
-        for band in torch.arange(rows_out).tensor_split(min(max(bands, 1), rows_out)):
-            first, last = int(band[0]), int(band[-1])
-            start, stop = first * stride_h - top, last * stride_h + kernel_h - top
+        for band in range(count):
+            first, stop_row = band * size + min(band, larger), (band + 1) * size + min(band + 1, larger)
+            start, stop = first * stride_h - top, (stop_row - 1) * stride_h + kernel_h - top
             rows = x[:, :, :, max(start, 0) : min(stop, height)]
             if start < 0 or stop > height:
                 rows = F.pad(rows, (0, 0, max(-start, 0), max(stop - height, 0)))
             y = F.conv3d(rows, self.weight, self.bias, self.stride, (0, 0, pad_w))
             if out is None:
                 out = y.new_empty(*y.shape[:3], rows_out, y.shape[4])
-            out[:, :, :, first : last + 1] = y
+            out[:, :, :, first:stop_row] = y
         return out
 
 
@@ -103,6 +121,12 @@ class FrameGroupNorm(nn.GroupNorm):
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim == 4:
             return self._normalize(x)
+        if torch.compiler.is_compiling():
+            # Frames folded into the batch: one graph for any frame count (a loop would unroll and
+            # specialise on it), and the compiled kernels do not materialise the float32 copy anyway.
+            b, c, t, h, w = x.shape
+            frames = self._normalize(x.transpose(1, 2).reshape(b * t, c, h, w))
+            return frames.reshape(b, t, c, h, w).transpose(1, 2).contiguous()
         out = torch.empty_like(x)
         for t in range(x.shape[2]):
             out[:, :, t] = self._normalize(x[:, :, t])
@@ -174,11 +198,30 @@ class ResnetBlock(nn.Module):
             CausalConv3d(in_channels, out_channels, 1) if in_channels != out_channels else None
         )
 
+    def convs(self) -> tuple[CausalConv3d, ...]:
+        """The causal convs, in the order of `step`'s `previous` and tails."""
+        return (self.conv1, self.conv2) + (() if self.conv_shortcut is None else (self.conv_shortcut,))
+
     def forward(self, x: Tensor, cache: StreamCache | None = None) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x), inplace=True), cache)
-        h = self.conv2(F.silu(self.norm2(h), inplace=True), cache)
-        skip = x if self.conv_shortcut is None else self.conv_shortcut(x, cache)
-        return h.add_(skip)
+        convs = self.convs()
+        previous = tuple(None if cache is None else cache.get(conv) for conv in convs)
+        out, tails = self.step(x, previous, streaming=cache is not None)
+        for conv, tail in zip(convs, tails):
+            if tail is not None:
+                cache[conv] = tail
+        return out
+
+    def step(
+        self, x: Tensor, previous: tuple[Tensor | None, ...], streaming: bool
+    ) -> tuple[Tensor, tuple[Tensor | None, ...]]:
+        """The block on tensors alone (`CausalConv3d.step` for each of `convs()`): what
+        `seedvr.models.compiled` compiles, one graph for all blocks of a shape rather than one per block."""
+        h, tail1 = self.conv1.step(F.silu(self.norm1(x), inplace=True), previous[0], streaming)
+        h, tail2 = self.conv2.step(F.silu(self.norm2(h), inplace=True), previous[1], streaming)
+        if self.conv_shortcut is None:
+            return h.add_(x), (tail1, tail2)
+        skip, tail3 = self.conv_shortcut.step(x, previous[2], streaming)
+        return h.add_(skip), (tail1, tail2, tail3)
 
 
 class Downsample(nn.Module):
