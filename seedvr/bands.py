@@ -375,7 +375,7 @@ def restore_window_bands(
     """`restore_window` computed by every rank of `ranks` together; the frames on the main rank.
 
     Every rank calls it with the same arguments. Preprocessing, VAE encode and decode and the colour fix
-    run on the rank's band of rows; the latent is gathered on every rank for the DiT, split by windows
+    run on the rank's band of rows; the latent is gathered on every rank for the DiT, split by windows or rows
     (`sharded_dit`); the colour-fixed rows are gathered on the main rank (others get an empty tensor).
     A tiled plan keeps its tiles (a tiled result is what a tiled single process computes): they are dealt
     to the ranks, the rest of the window as `restore_window` does it.
