@@ -9,7 +9,8 @@ round-off. What crosses the band edges:
   3x3 kernels, one below for the stride-2 downsampler) come from the ranks that own them (point-to-point);
   zero padding is applied only at the frame's top and bottom. Temporal caches stay per rank (they cover the
   band only: every rank streams the same frames in the same chunks).
-* **GroupNorm** (per frame): sums, then centred sums of squares, all-reduced in float64 per (frame, group).
+* **GroupNorm** (per frame): each band's count, mean and centred sum of squares per (frame, group),
+  gathered and combined in float64.
 * **mid-block attention**: each rank projects its own tokens; keys and values are all-gathered, so each
   rank attends its queries to the whole frame.
 * **the wavelet colour fix** reads 2**levels - 1 rows beyond the band (the sum of its dilations), AdaIN
@@ -211,30 +212,38 @@ def _band_conv(conv: CausalConv3d, layer: _Layer, bands: Bands, x: Tensor) -> Te
 
 
 def _band_group_norm(norm: FrameGroupNorm, bands: Bands, x: Tensor) -> Tensor:
-    """`FrameGroupNorm` over the whole frame: per (frame, group), the bands' sums are all-reduced, then
-    their sums of squares about the common mean (two passes, float64 accumulation)."""
+    """`FrameGroupNorm` over the whole frame: per (frame, group), each band's count, mean and variance
+    (torch's group-norm kernel, one fast pass), gathered from every rank and combined in float64 (Chan's
+    formula, stable whatever the mean), then one fused scale-and-shift per frame, in float32 like the norm."""
     frames = x.unsqueeze(2) if x.ndim == 4 else x
-    b, c, t = frames.shape[:3]
+    b, c, t, h, w = frames.shape
     groups = norm.num_groups
-
-    def grouped(i: int) -> Tensor:
-        return frames[:, :, i].float().reshape(b, groups, per_group)
-
-    per_group = frames[:, :, 0].numel() // (b * groups)
-    local = torch.tensor([per_group], dtype=torch.float64, device=x.device)
-    sums = torch.stack([grouped(i).sum(-1, dtype=torch.float64) for i in range(t)])  # [T, B, G]
-    reduced = _all_reduce(torch.cat([sums.flatten(), local]), bands.ranks)
-    count = reduced[-1]
-    mean = (reduced[:-1].view_as(sums) / count).float()
-    squares = torch.stack([(grouped(i) - mean[i, :, :, None]).square().sum(-1, dtype=torch.float64) for i in range(t)])
-    rstd = (_all_reduce(squares, bands.ranks) / count + norm.eps).rsqrt().float()
+    count = c // groups * h * w
+    local = torch.zeros(3, t, b, groups, dtype=torch.float64, device=x.device)  # count, mean, squares
+    for i in range(t if count else 0):  # frame by frame: a bf16 activation's float32 copy is one frame
+        _, mean, rstd = torch.native_group_norm(frames[:, :, i].float().contiguous(), None, None, b, c, h * w, groups, 0.0)
+        local[:, i] = torch.stack([torch.full_like(mean, count), mean, count * rstd.double().reciprocal().square()]).view(3, b, groups)
+    n, means, squares = _all_gather(local, bands.ranks).unbind(1)  # [R, T, B, G] each
+    total = n.sum(0)
+    mean = torch.where(n > 0, n * means, 0).sum(0) / total
+    squares = torch.where(n > 0, squares + n * (means - mean).square(), 0).sum(0)
+    scale = (squares / total + norm.eps).rsqrt().float().repeat_interleave(c // groups, -1)  # [T, B, C]
+    shift = -mean.float().repeat_interleave(c // groups, -1) * scale
+    if norm.weight is not None:
+        scale, shift = scale * norm.weight.float(), shift * norm.weight.float() + norm.bias.float()
     out = torch.empty_like(frames)
     for i in range(t):
-        normed = ((grouped(i) - mean[i, :, :, None]) * rstd[i, :, :, None]).view(b, c, *frames.shape[3:])
-        if norm.weight is not None:
-            normed = normed * norm.weight.float().view(1, c, 1, 1) + norm.bias.float().view(1, c, 1, 1)
-        out[:, :, i] = normed.to(x.dtype)
+        torch.addcmul(shift[i, :, :, None, None], frames[:, :, i], scale[i, :, :, None, None], out=out[:, :, i])
     return out.squeeze(2) if x.ndim == 4 else out
+
+
+def _all_gather(x: Tensor, ranks: Ranks) -> Tensor:
+    """[R, ...]: every rank's `x` (same shape everywhere), in rank order."""
+    if ranks.group is None:
+        return x[None]
+    pieces = [torch.empty_like(x) for _ in range(ranks.size)]
+    dist.all_gather(pieces, x.contiguous(), group=ranks.group)
+    return torch.stack(pieces)
 
 
 def _gathered_tokens(linear: nn.Linear, layer: _Layer, bands: Bands, tokens: Tensor) -> Tensor:
@@ -366,7 +375,7 @@ def restore_window_bands(
     """`restore_window` computed by every rank of `ranks` together; the frames on the main rank.
 
     Every rank calls it with the same arguments. Preprocessing, VAE encode and decode and the colour fix
-    run on the rank's band of rows; the latent is gathered on every rank for the DiT, split by windows
+    run on the rank's band of rows; the latent is gathered on every rank for the DiT, split by windows or rows
     (`sharded_dit`); the colour-fixed rows are gathered on the main rank (others get an empty tensor).
     A tiled plan keeps its tiles (a tiled result is what a tiled single process computes): they are dealt
     to the ranks, the rest of the window as `restore_window` does it.

@@ -1,8 +1,9 @@
-"""Sequence parallelism: temporal windows dealt whole to ranks, the NaDiT split by attention windows.
+"""Sequence parallelism: temporal windows dealt whole to ranks, the NaDiT split by attention windows
+or by rows.
 
 A video's temporal windows go to the ranks in rounds, one window per rank restored alone
 (`windows_over_ranks`); a window that all ranks restore together (an image, the last windows) has its
-DiT forward split as follows, and its VAE tiles dealt to ranks.
+VAE split into bands of rows (seedvr/bands.py) and its DiT forward split as follows.
 
 Only attention mixes tokens, and only inside a window (plus the sample's text); norms, modulation,
 projections and MLPs are per token. So each rank owns the video tokens of a contiguous run of whole
@@ -14,6 +15,11 @@ and replicated: every rank sums the text outputs of the windows it holds, an `al
 identically everywhere. A rank with no windows (fewer windows than ranks) idles but joins the
 collectives. docs/parallel.md compares this with the official Ulysses scheme.
 
+When whole windows cannot be shared out evenly (an image of one window, two windows on three ranks),
+each rank instead holds a contiguous run of the video rows (`RowContext`): attention gathers the
+projected q, k and v and runs whole on every rank. `cheaper_split` picks whichever leaves the busiest
+rank fewer FLOPs.
+
 Launch with torchrun; `init_from_env()` joins the job, `run_dit(model, ...)` replaces `model(...)`.
 Every rank must pass identical inputs and gets the full output. `restore_file(..., ranks)` runs the
 whole file pipeline on every rank of a group (the CLI under torchrun, the worker's rank processes).
@@ -24,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -249,21 +256,98 @@ class ShardedContext(BlockContext):
         count = torch.tensor(self.shard.window_total, device=total.device).repeat_interleave(torch.tensor(self.txt_lens, device=total.device))
         return (total / count[:, None]).to(txt_out.dtype)
 
+    def own_patches(self, patches: torch.Tensor, key: LayoutKey) -> torch.Tensor:
+        """This rank's rows of the patches [Lv, C], for the first block's layout `key`."""
+        self.enter(key, None)
+        return patches[self.shard.tokens]
+
     def gather(self, y: torch.Tensor) -> torch.Tensor:
         """Every rank's rows [n_r, C] of the current layout -> all rows [Lv, C] in packed order."""
-        rows = self.shard.rows
-        counts = [b - a for a, b in zip(rows, rows[1:])]
-        padded = F.pad(y, (0, 0, 0, max(counts) - y.shape[0]))
-        pieces = [torch.empty_like(padded) for _ in counts]
-        dist.all_gather(pieces, padded.contiguous(), group=self.ranks.group)
         order = self.base.layout(*self.key)[0].order
         out = y.new_empty((order.numel(), y.shape[1]))
-        out[order] = torch.cat([p[:n] for p, n in zip(pieces, counts)])
+        out[order] = _all_rows(y, self.shard.rows, self.ranks)
         return out
+
+
+def _all_rows(y: torch.Tensor, bounds: Sequence[int], ranks: Ranks) -> torch.Tensor:
+    """Every rank's rows [n_r, C] concatenated in rank order (rank r holds rows bounds[r]:bounds[r + 1])."""
+    counts = [b - a for a, b in zip(bounds, bounds[1:])]
+    padded = F.pad(y, (0, 0, 0, max(counts) - y.shape[0]))
+    pieces = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(pieces, padded.contiguous(), group=ranks.group)
+    return torch.cat([p[:n] for p, n in zip(pieces, counts)])
+
+
+class RowContext(BlockContext):
+    """The blocks' context for a rank that holds a contiguous run of the packed video rows, whatever the
+    windows: for layouts of few or unequal windows (an image is often one window), which whole windows
+    cannot share out evenly.
+
+    Norms, modulation, projections and MLPs run on the rank's rows alone. Attention gathers every
+    rank's projected q, k and v and runs whole, the same on every rank, which then keeps its own rows:
+    the attention core (small when windows are few) and the text stream are replicated, the rest split.
+    """
+
+    def __init__(self, base: ForwardContext, ranks: Ranks):
+        self.base = base
+        self.ranks = ranks
+        self.txt_lens = base.txt_lens
+        total = sum(base.vid_lens)
+        self.bounds = [r * total // ranks.size for r in range(ranks.size + 1)]
+        self.rows = slice(self.bounds[ranks.rank], self.bounds[ranks.rank + 1])
+
+    def own_patches(self, patches: torch.Tensor, key: LayoutKey) -> torch.Tensor:
+        return patches[self.rows]
+
+    def enter(self, key: LayoutKey, x: torch.Tensor) -> torch.Tensor:
+        return x  # the rows do not depend on the layout
+
+    def layout(self, window: tuple[int, int, int], method: str) -> tuple[WindowLayout, VarlenPlan, dict]:
+        return self.base.layout(window, method)
+
+    def emb_slot(self, layer: int, stream: str) -> torch.Tensor:
+        slot = self.base.emb_slot(layer, stream)
+        return slot if stream == "txt" or slot.shape[0] == 1 else slot[self.rows]
+
+    def text_mean(self, txt_out: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
+        return self.base.text_mean(txt_out, layout)
+
+    def windowed(self, project: torch.nn.Module, vid: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
+        return self.gather(project(vid))[layout.order]
+
+    def own_rows(self, vid_out: torch.Tensor) -> torch.Tensor:
+        return vid_out[self.rows]
+
+    def gather(self, y: torch.Tensor) -> torch.Tensor:
+        """Every rank's rows [n_r, C] -> all rows [Lv, C] in packed order."""
+        return _all_rows(y, self.bounds, self.ranks)
 
 
 def _layout_key(block: torch.nn.Module) -> LayoutKey:
     return (block.attn.window, block.attn.method)
+
+
+def cheaper_split(model: NaDiT, ctx: ForwardContext, size: int) -> str:
+    """"windows" or "rows": the split whose busiest rank does fewer FLOPs in the blocks.
+
+    Per block, a video token costs its projections and MLP (2 x their weights) and a window of n video
+    tokens plus its text t costs 4 (n + t)^2 x inner in attention. Whole windows are dealt as
+    `assign_windows` deals them; rows split the per-token work evenly but every rank runs all of the
+    attention. The text stream is replicated either way. Every rank computes the same choice.
+    """
+    inner = model.params.heads * model.params.head_dim
+    by_windows = by_rows = 0.0
+    for block in model.blocks:
+        linears = (block.attn.proj_qkv.get("vid"), block.attn.proj_out.get("vid"), block.mlp.get("vid"))
+        per_token = 2 * sum(m.weight.numel() for part in linears for m in part.modules() if isinstance(m, torch.nn.Linear))
+        layout = ctx.layout(*_layout_key(block))[0]
+        sizes = layout.video_sizes(ctx.txt_lens)
+        text = torch.tensor(ctx.txt_lens).repeat_interleave(torch.tensor(layout.window_count))
+        cost = per_token * sizes.double() + 4 * inner * (sizes + text).double() ** 2
+        bounds = assign_windows(sizes.tolist(), size)
+        by_windows += max(float(cost[a:b].sum()) for a, b in zip(bounds, bounds[1:]))
+        by_rows += per_token * math.ceil(int(sizes.sum()) / size) + float((cost - per_token * sizes).sum())
+    return "windows" if by_windows <= by_rows else "rows"
 
 
 def run_dit(
@@ -274,11 +358,13 @@ def run_dit(
     txt_shape: torch.Tensor,
     timestep: torch.Tensor | float,
     ranks: Ranks,
+    split: str | None = None,
 ) -> torch.Tensor:
     """`model(vid, txt, vid_shape, txt_shape, timestep)` with the blocks' tokens split over `ranks`.
 
     Every rank must call it with identical inputs (same noise, same text) and returns the full
-    output. A group of one without a process group runs the model as is.
+    output. A group of one without a process group runs the model as is. `split` is "windows"
+    (`ShardedContext`) or "rows" (`RowContext`); None takes the one `cheaper_split` picks.
     """
     if ranks.group is None:
         if ranks.size != 1:
@@ -287,10 +373,10 @@ def run_dit(
         count_work("dit_token_blocks", tokens * len(model.blocks))
         return model(vid, txt, vid_shape, txt_shape, timestep)
     patches, t, base, shapes = model.prepare(vid, txt, vid_shape, txt_shape, timestep)
-    log.debug("DiT forward split over %d ranks (this is rank %d)", ranks.size, ranks.rank)
-    ctx = ShardedContext(base, ranks)
-    ctx.enter(_layout_key(model.blocks[0]), None)
-    x = model.vid_in(patches[ctx.shard.tokens])
+    split = split or cheaper_split(model, base, ranks.size)
+    log.debug("DiT forward split by %s over %d ranks (this is rank %d)", split, ranks.size, ranks.rank)
+    ctx = ShardedContext(base, ranks) if split == "windows" else RowContext(base, ranks)
+    x = model.vid_in(ctx.own_patches(patches, _layout_key(model.blocks[0])))
     for block in model.blocks:
         x = ctx.enter(_layout_key(block), x)
         count_work("dit_token_blocks", x.shape[0])

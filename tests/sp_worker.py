@@ -26,6 +26,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # nonmultiple_window: 8 regular and 8 shifted windows of unequal sizes (not a multiple of 3 ranks);
 # packed_two_videos: two samples, windows of both on one rank; single_image: one window, idle ranks.
 DIT_CASES = ("nonmultiple_window", "packed_two_videos", "single_image")
+SPLITS = ("windows", "rows")  # parallel.run_dit's two ways to split a forward, each forced on every case
 
 
 def fixture_dit(arch: str) -> torch.nn.Module:
@@ -62,9 +63,14 @@ def run_all(ranks: parallel.Ranks) -> dict[str, torch.Tensor]:
         model = fixture_dit(arch)
         for name in DIT_CASES:
             case = load_case(arch, name)
-            with torch.no_grad():
-                out = parallel.run_dit(model, case["vid"], case["txt"], case["vid_shape"], case["txt_shape"], case["timestep"], ranks)
-            results[f"dit_{arch}_{name}"] = out
+            for split in (None, *SPLITS):  # None: the split parallel.cheaper_split picks
+                parallel.WORK.clear()
+                with torch.no_grad():
+                    out = parallel.run_dit(model, case["vid"], case["txt"], case["vid_shape"], case["txt_shape"],
+                                           case["timestep"], ranks, split=split)
+                key = f"dit_{arch}_{name}" + (f"_{split}" if split else "")
+                results[key] = out
+                results[f"work_{key}"] = torch.tensor([parallel.WORK["dit_token_blocks"]])
     vae, jobs = tiny_vae(), vae_jobs()
     for i, y in enumerate(parallel.split_work(lambda job: job(vae), jobs, ranks, everywhere=True)):
         results[f"vae_all_{i}"] = y

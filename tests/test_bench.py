@@ -85,3 +85,25 @@ def test_parallel_bench_times_one_job_on_two_ranks_against_one(tmp_path: Path) -
     assert len(result["one"]["peak_memory_mb_per_rank"]) == 1 and len(result["split"]["peak_memory_mb_per_rank"]) == 2
     assert result["one"]["frames"] == result["split"]["frames"] == 9
     assert "| 9 frame(s) -> 64x48 |" in proc.stdout
+
+
+def test_random_weights_are_filled_at_the_planned_scale() -> None:
+    """Every matrix is written (not left as uninitialised memory) with std 1/sqrt(fan_in), matrices
+    differ, vectors named like norms are ones and the other vectors zeros."""
+    import torch
+
+    bench = load_bench()
+    model = torch.nn.Sequential(torch.nn.Linear(300, 700), torch.nn.Linear(700, 200), torch.nn.LayerNorm(200))
+    with torch.device("meta"):
+        meta = torch.nn.Sequential(torch.nn.Linear(300, 700), torch.nn.Linear(700, 200), torch.nn.LayerNorm(200))
+    for module in (model, meta.to_empty(device="cpu")):
+        with torch.no_grad():
+            for param in module.parameters():
+                param.fill_(7.0)
+        bench.random_init_(module, seed=1)
+        first, second = module[0].weight, module[1].weight
+        assert first.std().item() * 300**0.5 == pytest.approx(1, abs=0.02)
+        assert second.std().item() * 700**0.5 == pytest.approx(1, abs=0.02)
+        assert abs(first.mean().item()) < 0.002
+        assert not torch.equal(first.flatten()[:200] * 300**0.5, second.flatten()[:200] * 700**0.5)
+        assert torch.equal(module[2].weight, torch.ones(200)) and not module[0].bias.any() and not module[2].bias.any()

@@ -4,6 +4,7 @@ plain forward, the official fixtures, and the VAE pieces computed in-process."""
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import subprocess
@@ -16,7 +17,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sp_worker import DIT_CASES, fixture_dit, load_case, tiny_vae, vae_jobs  # noqa: E402
+from sp_worker import DIT_CASES, SPLITS, fixture_dit, load_case, tiny_vae, vae_jobs  # noqa: E402
 from seedvr import parallel  # noqa: E402
 
 WORKER = Path(__file__).resolve().parent / "sp_worker.py"
@@ -137,6 +138,44 @@ def test_ranks_agree_with_one_process(launched: Path, plain_outputs, size: int) 
         for r, got in enumerate(results):
             torch.testing.assert_close(got[key], want, atol=1e-5, rtol=1e-5, msg=f"{key} on rank {r}")
         torch.testing.assert_close(results[0][key], load_case(arch, name)["out"], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("size", [2, 3])
+@pytest.mark.parametrize("split", SPLITS)
+def test_both_splits_agree_with_one_process(launched: Path, plain_outputs, size: int, split: str) -> None:
+    """Whole windows and rows, each forced on every case (one window, unequal windows, two videos)."""
+    results = [load_file(launched / f"sp{size}_rank{r}.safetensors") for r in range(size)]
+    for key, want in plain_outputs.items():
+        for r, got in enumerate(results):
+            torch.testing.assert_close(got[f"{key}_{split}"], want, atol=1e-5, rtol=1e-5, msg=f"{key} {split} rank {r}")
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_rows_split_every_forward_evenly(launched: Path, size: int) -> None:
+    """By rows, each rank runs the blocks on its own share of the tokens, about 1/size of them, even for
+    an image of one window (where whole windows leave all but one rank idle)."""
+    results = [load_file(launched / f"sp{size}_rank{r}.safetensors") for r in range(size)]
+    for arch in ("v2", "v1"):
+        blocks = len(fixture_dit(arch).blocks)
+        for name in DIT_CASES:
+            tokens = int(load_case(arch, name)["vid_shape"].prod(-1).sum()) // 4  # patch 2
+            work = [int(got[f"work_dit_{arch}_{name}_rows"]) for got in results]
+            assert sum(work) == tokens * blocks, (arch, name)
+            assert max(work) <= math.ceil(tokens / size) * blocks, (arch, name, work)
+        image = [int(got[f"work_dit_{arch}_single_image_windows"]) for got in results]
+        assert sorted(image)[:-1] == [0] * (size - 1)  # one window: one rank does it all
+
+
+@pytest.mark.parametrize(
+    "name,picks", [("single_image", ["rows", "rows", "rows"]), ("nonmultiple_window", ["windows"] * 3),
+                   ("packed_two_videos", ["windows", "rows", "windows"])],
+)
+def test_cheaper_split(name: str, picks: list[str]) -> None:
+    """One window: rows. Eight windows: whole windows on 2-4 ranks. Two videos in windows of 96, 96, 96,
+    60 and 60 tokens: whole windows on 2 and 4 ranks, rows on 3 (whole windows would give one rank 192)."""
+    model, case = fixture_dit("v2"), load_case("v2", name)
+    _, _, ctx, _ = model.prepare(case["vid"], case["txt"], case["vid_shape"], case["txt_shape"], case["timestep"])
+    assert [parallel.cheaper_split(model, ctx, size) for size in (2, 3, 4)] == picks
 
 
 @pytest.fixture(scope="module")

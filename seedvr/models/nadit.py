@@ -191,6 +191,18 @@ class BlockContext(Protocol):
     def text_mean(self, txt_out: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
         """Each text token's attention outputs averaged over its sample's windows."""
 
+    def windowed(self, project: nn.Module, vid: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
+        """`project` of the video rows the layout's windows attend over, in window order.
+
+        The blocks' own rows, reordered then projected; a context whose rank holds only part of the
+        rows the windows need (`RowContext`, seedvr/parallel.py) projects its rows and gathers the rest.
+        """
+        return project(vid[layout.order])
+
+    def own_rows(self, vid_out: torch.Tensor) -> torch.Tensor:
+        """The rows of an attention output [rows of `windowed`, C] that the blocks hold."""
+        return vid_out
+
 
 @dataclass
 class ForwardContext(BlockContext):
@@ -258,21 +270,22 @@ class Attention(nn.Module):
         self.rope = RopeFrequencies(model_frequencies(p))
         self.rotate_text = p.rope == "mmrope3d"
 
-    def _qkv(self, x: torch.Tensor, stream: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        q, k, v = self.proj_qkv.get(stream)(x).unflatten(-1, (3, self.heads, self.head_dim)).unbind(1)
+    def _qkv(self, qkv: torch.Tensor, stream: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Projected rows [L, 3 * inner] -> normed q, k and v [L, heads, head_dim]."""
+        q, k, v = qkv.unflatten(-1, (3, self.heads, self.head_dim)).unbind(1)
         return self.norm_q.get(stream)(q), self.norm_k.get(stream)(k), v
 
     def forward(self, vid: torch.Tensor, txt: torch.Tensor, ctx: BlockContext) -> tuple[torch.Tensor, torch.Tensor]:
         layout, plan, rotations = ctx.layout(self.window, self.method)
-        vq, vk, vv = self._qkv(vid[layout.order], "vid")
-        tq, tk, tv = self._qkv(txt, "txt")
+        vq, vk, vv = self._qkv(ctx.windowed(self.proj_qkv.get("vid"), vid, layout), "vid")
+        tq, tk, tv = self._qkv(self.proj_qkv.get("txt")(txt), "txt")
         vq, vk = apply_rotary(vq, rotations["vid"]), apply_rotary(vk, rotations["vid"])
         if self.rotate_text:
             tq = apply_rotary(tq[layout.txt_source], rotations["txt"])
             tk = apply_rotary(tk[layout.txt_source], rotations["txt"])
         q, k, v = (torch.cat([a, b])[layout.gather] for a, b in ((vq, tq), (vk, tk), (vv, tv)))
         out = varlen_attention(q, k, v, plan).flatten(1)
-        vid_out = out[layout.vid_rows][layout.inverse]
+        vid_out = ctx.own_rows(out[layout.vid_rows][layout.inverse])
         txt_out = ctx.text_mean(out[layout.txt_rows], layout)
         return self.proj_out.get("vid")(vid_out), self.proj_out.get("txt")(txt_out)
 
