@@ -51,7 +51,7 @@ def test_compiled_dit_block_equals_eager_over_window_sizes() -> None:
     shapes = [(3, 12, 16), (5, 10, 22), (2, 14, 30)]
     eager = [_call(model, s) for s in shapes]
     counters.clear()
-    assert compile_regions(model, backend="aot_eager") == 1
+    assert compile_regions(model, backend="aot_eager", fullgraph=True) == 1
     for shape, expected in zip(shapes, eager):
         torch.testing.assert_close(_call(model, shape), expected, atol=1e-6, rtol=1e-6)
     assert counters["stats"]["unique_graphs"] < len(shapes)
@@ -85,7 +85,7 @@ def test_compiled_vae_equals_eager_whole_and_streamed() -> None:
     expected = _encode_decode(vae, (None, None))
     torch._dynamo.reset()  # no graphs of earlier tests
     counters.clear()
-    assert compile_regions(vae, backend="aot_eager") == 24 + 4  # resnet blocks; norm_out and attention norms
+    assert compile_regions(vae, backend="aot_eager", fullgraph=True) == 24 + 4  # resnet blocks; norm_out and attention norms
     whole = _encode_decode(vae, (None, None))
     vae.set_conv_memory_limit(128 * 1024)
     for compiled, eager in zip(whole + _encode_decode(vae, (4, 1)), expected * 2):
@@ -103,7 +103,7 @@ def test_compiled_resnet_blocks_share_graphs() -> None:
     eager = _encode_decode(vae, (4, 1))
     torch._dynamo.reset()
     counters.clear()
-    compile_regions(vae, backend="aot_eager")
+    compile_regions(vae, backend="aot_eager", fullgraph=True)
     for compiled, expected in zip(_encode_decode(vae, (4, 1)), eager):
         torch.testing.assert_close(compiled, expected, atol=1e-5, rtol=1e-5)
     assert blocks == 56 and counters["stats"]["unique_graphs"] < blocks / 2
@@ -118,7 +118,7 @@ def test_inductor_resnet_block_equals_eager_when_streaming() -> None:
     x = torch.randn(1, 8, 9, 6, 10)
     with torch.no_grad():
         eager = block(x)
-        assert compile_regions(block) == 1
+        assert compile_regions(block, fullgraph=True) == 1
         cache: dict = {}
         compiled = torch.cat([block(x[:, :, :5], cache), block(x[:, :, 5:], cache)], 2)
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)

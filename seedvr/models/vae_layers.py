@@ -105,6 +105,8 @@ class CausalConv3d(nn.Conv3d):
             if start < 0 or stop > height:
                 rows = F.pad(rows, (0, 0, max(-start, 0), max(stop - height, 0)))
             y = F.conv3d(rows, self.weight, self.bias, self.stride, (0, 0, pad_w))
+            if count == 1:
+                return y  # one band (a caller's own padding): no copy into a frame-sized output
             if out is None:
                 out = y.new_empty(*y.shape[:3], rows_out, y.shape[4])
             out[:, :, :, first:stop_row] = y

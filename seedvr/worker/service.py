@@ -316,16 +316,17 @@ class Worker:
     def _compile_resident(self) -> float:
         """Compile the resident model's blocks once and warm them up on a small clip; returns the seconds.
 
-        Compiled graphs are shape-generic (dynamic), so the warm-up's size need not match the jobs'.
+        Compiled graphs are shape-generic (dynamic), so the warm-up's size need not match the jobs'; its 9
+        frames make the VAE stream in chunks as well as run whole, the two cache states of its graphs.
         """
         models = self.manager.models
         if getattr(models.dit, "seedvr_compiled", False):
             return 0.0
         start = time.perf_counter()
         compile_regions(models.dit, models.vae)
-        options = RestoreOptions(res_h=128, res_w=192, batch_frames=5, vae_tile=0)
-        plan = make_plan(96, 160, 5, models, options)
-        frames = np.random.default_rng(0).integers(0, 256, (5, 96, 160, 3), dtype=np.uint8)
+        options = RestoreOptions(res_h=128, res_w=192, batch_frames=9, vae_tile=0)
+        plan = make_plan(96, 160, 9, models, options)
+        frames = np.random.default_rng(0).integers(0, 256, (9, 96, 160, 3), dtype=np.uint8)
         for _ in restore_frames([frames], models, options, plan, Stages(models.device, plan.windows, plan.frames)):
             pass
         models.dit.seedvr_compiled = True
