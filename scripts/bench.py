@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from seedvr.models import build_dit, build_vae  # noqa: E402
+from seedvr.models.compiled import compile_regions  # noqa: E402
 from seedvr.models.layers import cast_model  # noqa: E402
 from seedvr.models.nadit import NaDiTParams, model_frequencies  # noqa: E402
 from seedvr.models.windows import make_windows  # noqa: E402
@@ -155,8 +156,8 @@ def build_models(args: argparse.Namespace) -> tuple[RestorationModels, NaDiTPara
     else:
         text = torch.randn(TEXT_TOKENS, dit.params.txt_in_dim, generator=torch.Generator().manual_seed(3)).to(device, dtype)
     if args.compile:
-        dit = torch.compile(dit)
-    return RestorationModels(dit=dit, vae=vae, text_emb=text, scaling_factor=scaling, device=device, dtype=dtype), dit_params(dit)
+        compile_regions(dit, vae)
+    return RestorationModels(dit=dit, vae=vae, text_emb=text, scaling_factor=scaling, device=device, dtype=dtype), dit.params
 
 
 def first_layers(dit_cfg: dict, layers: int) -> dict:
@@ -165,10 +166,6 @@ def first_layers(dit_cfg: dict, layers: int) -> dict:
         raise ValueError(f"--dit-layers must be between 1 and {dit_cfg['num_layers']}, got {layers}")
     per_layer = {k: v[:layers] for k, v in dit_cfg.items() if isinstance(v, list) and len(v) == dit_cfg["num_layers"]}
     return {**dit_cfg, **per_layer, "num_layers": layers}
-
-
-def dit_params(dit: torch.nn.Module) -> NaDiTParams:
-    return getattr(dit, "_orig_mod", dit).params
 
 
 def pattern_frames(frames: int, size: tuple[int, int]) -> np.ndarray:
@@ -339,7 +336,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda[:N]")
     p.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
     p.add_argument("--attention", choices=("auto", "sdpa", "flash"), default="auto", help="attention kernel (default: auto)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the DiT")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the DiT and VAE blocks, as the worker's SEEDVR_COMPILE=1 does (add --warmup 1)")
     p.add_argument("--dit-layers", type=int, help="cut the 3b/7b DiT to its first N blocks (full width)")
     p.add_argument("--sp-size", type=int, default=1,
                    help="ranks restoring the job together; > 1 runs under torchrun --nproc-per-node SP_SIZE")
@@ -354,12 +352,30 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--color-fix", choices=("wavelet", "adain", "none"), default="wavelet")
     p.add_argument("--warmup", type=int, default=0, help="untimed runs first (compilation, kernel autotuning)")
     p.add_argument("--json", type=Path, help="also write the report as JSON to this file ('-': JSON alone on stdout)")
+    p.add_argument("--save-weights", type=Path, metavar="DIR",
+                   help="only write the random weights to DIR as a checkpoint folder, for later runs' --ckpt-dir")
     return p
+
+
+def save_weights(args: argparse.Namespace, folder: Path) -> None:
+    """Write the models' random weights as a checkpoint folder (the file names of the model's config) that
+    `--ckpt-dir` loads: runs then start as with real checkpoints (memory-mapped: on a CPU the ranks of a
+    parallel run share one copy in the page cache)."""
+    if args.model == "tiny" or args.ckpt_dir:
+        raise SystemExit("--save-weights needs --model 3b or 7b and random weights (no --ckpt-dir)")
+    config = yaml.safe_load((REPO / f"configs_{args.model}" / "main.yaml").read_text())
+    models, _ = build_models(args)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(models.dit.state_dict(), folder / config["dit"]["checkpoints"]["normal"])
+    torch.save(models.vae.state_dict(), folder / config["vae"]["checkpoint"])
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
+    if args.save_weights:
+        save_weights(args, args.save_weights)
+        return 0
     from seedvr import parallel
 
     ranks = parallel.init_from_env("cuda" if args.device.startswith("cuda") else "cpu")

@@ -4,9 +4,14 @@
 Runs `scripts/bench.py BENCH_ARGS` as one process and as `torchrun --nproc-per-node N scripts/bench.py
 BENCH_ARGS --sp-size N`, alternately, `--repeat` times, every process with OMP_NUM_THREADS=--threads
 (on a CPU machine, N ranks x T threads should not exceed its cores). The time is the wall time of the
-whole command: start-up, building the models, writing and decoding the clip, restoring, writing the
+whole command: start-up, loading the models, writing and decoding the clip, restoring, writing the
 output; so the speed-up is what a user of the command sees. Prints a markdown table (medians, speed-up,
 every rank's peak memory, the stage times of rank 0) and writes it as JSON with --json.
+
+Random weights are written once, untimed, as a checkpoint folder (`bench.py --save-weights`), and every
+run loads them with `--ckpt-dir` through the real checkpoint loader, as a user's runs load the released
+files: memory-mapped, so the ranks of a CPU run share one copy (peak RSS counts the shared pages in
+every rank). Pass your own `--ckpt-dir` among the bench arguments to time real weights instead.
 
 Example (docs/parallel.md has the measured table):
   python scripts/bench_parallel.py --ranks 2 --threads 1 -- --model 3b --dit-layers 4 --device cpu \\
@@ -27,6 +32,16 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent / "bench.py"
+
+
+def option(args: list[str], name: str, default: str) -> str:
+    """The value of `name` among command-line arguments (`--name value` or `--name=value`)."""
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return default
 
 
 def free_port() -> int:
@@ -101,7 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     bench_args = args.bench_args[1:] if args.bench_args[:1] == ["--"] else args.bench_args
     if args.ranks < 2:
         p.error("--ranks must be at least 2")
-    result = measure(args.ranks, args.threads, args.repeat, bench_args)
+    with tempfile.TemporaryDirectory() as weights:
+        run_args = bench_args
+        if "--ckpt-dir" not in bench_args and option(bench_args, "--model", "tiny") != "tiny":
+            subprocess.run([sys.executable, str(BENCH), *bench_args, "--save-weights", weights], check=True)
+            run_args = [*bench_args, "--ckpt-dir", weights]
+        result = measure(args.ranks, args.threads, args.repeat, run_args)
+    result["bench_args"] = bench_args
     print(markdown(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

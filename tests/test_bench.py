@@ -107,3 +107,26 @@ def test_random_weights_are_filled_at_the_planned_scale() -> None:
         assert abs(first.mean().item()) < 0.002
         assert not torch.equal(first.flatten()[:200] * 300**0.5, second.flatten()[:200] * 700**0.5)
         assert torch.equal(module[2].weight, torch.ones(200)) and not module[0].bias.any() and not module[2].bias.any()
+
+
+def test_saved_random_weights_load_strictly_under_the_configs_file_names(tmp_path: Path, monkeypatch) -> None:
+    """`bench.py --save-weights` writes what `--ckpt-dir` then loads: the file names of the model's config,
+    every key, the same values (the tiny fixture models stand in for the 3B's random ones)."""
+    import argparse
+
+    import torch
+
+    from seedvr.checkpoints import load_weights
+    from tiny import tiny_models
+
+    bench = load_bench()
+    models = tiny_models()
+    monkeypatch.setattr(bench, "build_models", lambda args: (models, models.dit.params))
+    bench.save_weights(argparse.Namespace(model="3b", ckpt_dir=None), tmp_path)
+    config = yaml.safe_load((ROOT / "configs_3b" / "main.yaml").read_text())
+    for name, model in ((config["dit"]["checkpoints"]["normal"], models.dit), (config["vae"]["checkpoint"], models.vae)):
+        fresh = load_weights(type(model)(model.params), tmp_path / name, torch.float32, "cpu")
+        for key, value in model.state_dict().items():
+            assert torch.equal(fresh.state_dict()[key], value), key
+    with pytest.raises(SystemExit, match="--save-weights needs"):
+        bench.save_weights(argparse.Namespace(model="tiny", ckpt_dir=None), tmp_path)
