@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from seedvr.models.vae import VideoVAE
 from seedvr.models.vae_layers import CausalConv3d, Downsample, FrameAttention, FrameGroupNorm, Upsample
-from seedvr.parallel import Ranks, count_work, sharded_dit, split_work
+from seedvr.parallel import Ranks, count_work, gather_uneven, sharded_dit, split_work
 from seedvr.pipeline import geometry, sampling
 from seedvr.pipeline.colorfix import WAVELET_LEVELS, adain_color_fix, color_fix, wavelet_color_fix
 from seedvr.pipeline.restore import (
@@ -128,28 +128,7 @@ def exchange_rows(x: Tensor, owned: Sequence[Span], wanted: Sequence[Span], rank
 def gather_rows(x: Tensor, spans: Sequence[Span], ranks: Ranks, everywhere: bool = False) -> Tensor:
     """The whole tensor from every rank's rows (dim -2, split as `spans`): on the main rank (an empty
     tensor elsewhere), or on every rank with `everywhere`."""
-    if ranks.group is None:
-        return x
-    counts = [b - a for a, b in spans]
-    return _gather(x, counts, -2, ranks, everywhere)
-
-
-def _gather(x: Tensor, counts: list[int], dim: int, ranks: Ranks, everywhere: bool) -> Tensor:
-    """Concatenation along `dim` of every rank's `x` (rank r has `counts[r]` entries there); padded to the
-    largest count for the collective."""
-    shape = list(x.shape)
-    shape[dim] = max(counts)
-    padded = x.new_zeros(shape)
-    padded.narrow(dim, 0, x.shape[dim]).copy_(x)
-    pieces = [torch.empty_like(padded) for _ in counts]
-    if everywhere:
-        dist.all_gather(pieces, padded, group=ranks.group)
-    else:
-        main = dist.get_global_rank(ranks.group, 0)
-        dist.gather(padded, pieces if ranks.is_main else None, dst=main, group=ranks.group)
-        if not ranks.is_main:
-            return x.new_empty(0)
-    return torch.cat([piece.narrow(dim, 0, n) for piece, n in zip(pieces, counts)], dim)
+    return gather_uneven(x, [b - a for a, b in spans], -2, ranks, everywhere)
 
 
 def _all_reduce(x: Tensor, ranks: Ranks) -> Tensor:
@@ -223,7 +202,7 @@ def _band_group_norm(norm: FrameGroupNorm, bands: Bands, x: Tensor) -> Tensor:
     for i in range(t if count else 0):  # frame by frame: a bf16 activation's float32 copy is one frame
         _, mean, rstd = torch.native_group_norm(frames[:, :, i].float().contiguous(), None, None, b, c, h * w, groups, 0.0)
         local[:, i] = torch.stack([torch.full_like(mean, count), mean, count * rstd.double().reciprocal().square()]).view(3, b, groups)
-    n, means, squares = _all_gather(local, bands.ranks).unbind(1)  # [R, T, B, G] each
+    n, means, squares = gather_uneven(local[None], [1] * bands.ranks.size, 0, bands.ranks).unbind(1)  # [R, T, B, G]
     total = n.sum(0)
     mean = torch.where(n > 0, n * means, 0).sum(0) / total
     squares = torch.where(n > 0, squares + n * (means - mean).square(), 0).sum(0)
@@ -237,20 +216,11 @@ def _band_group_norm(norm: FrameGroupNorm, bands: Bands, x: Tensor) -> Tensor:
     return out.squeeze(2) if x.ndim == 4 else out
 
 
-def _all_gather(x: Tensor, ranks: Ranks) -> Tensor:
-    """[R, ...]: every rank's `x` (same shape everywhere), in rank order."""
-    if ranks.group is None:
-        return x[None]
-    pieces = [torch.empty_like(x) for _ in range(ranks.size)]
-    dist.all_gather(pieces, x.contiguous(), group=ranks.group)
-    return torch.stack(pieces)
-
-
 def _gathered_tokens(linear: nn.Linear, layer: _Layer, bands: Bands, tokens: Tensor) -> Tensor:
     """A key or value projection of this band's tokens [..., n, C], returned for the whole frame."""
     counts = [(b - a) * bands.cols * layer.factor for a, b in bands.spans(layer.factor)]
     local = nn.Linear.forward(linear, tokens)
-    return local if bands.ranks.group is None else _gather(local, counts, local.ndim - 2, bands.ranks, everywhere=True)
+    return gather_uneven(local, counts, local.ndim - 2, bands.ranks)
 
 
 def _pointwise(conv: nn.Conv3d, x: Tensor) -> Tensor:

@@ -42,7 +42,6 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from seedvr import media, pipeline
 from seedvr.pipeline.restore import Plan, Stages, WindowJob, WindowTask
@@ -271,11 +270,28 @@ class ShardedContext(BlockContext):
 
 def _all_rows(y: torch.Tensor, bounds: Sequence[int], ranks: Ranks) -> torch.Tensor:
     """Every rank's rows [n_r, C] concatenated in rank order (rank r holds rows bounds[r]:bounds[r + 1])."""
-    counts = [b - a for a, b in zip(bounds, bounds[1:])]
-    padded = F.pad(y, (0, 0, 0, max(counts) - y.shape[0]))
+    return gather_uneven(y, [b - a for a, b in zip(bounds, bounds[1:])], 0, ranks)
+
+
+def gather_uneven(x: torch.Tensor, counts: Sequence[int], dim: int, ranks: Ranks, everywhere: bool = True) -> torch.Tensor:
+    """Concatenation along `dim` of every rank's `x` (rank r has `counts[r]` entries there), on every rank,
+    or with `everywhere=False` on the main rank only (an empty tensor elsewhere); padded to the largest
+    count for the collective. A group without a process group returns `x`."""
+    if ranks.group is None:
+        return x
+    shape = list(x.shape)
+    shape[dim] = max(counts)
+    padded = x.new_zeros(shape)
+    padded.narrow(dim, 0, x.shape[dim]).copy_(x)
     pieces = [torch.empty_like(padded) for _ in counts]
-    dist.all_gather(pieces, padded.contiguous(), group=ranks.group)
-    return torch.cat([p[:n] for p, n in zip(pieces, counts)])
+    if everywhere:
+        dist.all_gather(pieces, padded, group=ranks.group)
+    else:
+        main = dist.get_global_rank(ranks.group, 0)
+        dist.gather(padded, pieces if ranks.is_main else None, dst=main, group=ranks.group)
+        if not ranks.is_main:
+            return x.new_empty(0)
+    return torch.cat([piece.narrow(dim, 0, n) for piece, n in zip(pieces, counts)], dim)
 
 
 class RowContext(BlockContext):

@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 # All blocks share one `forward`, whose compiled variants dynamo counts together: the 3B has 5 kinds
 # of block (separate/shared weights x window kind, and the last), each with a few shape
 # specialisations (one window or several). Past the limit, a region runs eager for new shapes (with
-# fullgraph, it fails). The resnet blocks' `step`
-# has its own count: about 25 graphs, and some 15 more for each frame height at which convs run in bands.
+# fullgraph, it fails). The resnet blocks' `step` has its own count: about 25 graphs, and some 15 more
+# for each frame height at which convs run in bands.
 RECOMPILE_LIMIT = 128
 
 
