@@ -42,6 +42,11 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 import torch.distributed as dist
+# Imported before any process group exists, on purpose: its functions take `group.WORLD` as a default
+# argument, bound at import. torch imports it lazily (with torch._dynamo, when a model is built), so
+# imported after `init_process_group` it would hold the group until interpreter exit, where gloo's
+# threads drop their last tensors without the GIL and abort the rank now and then (SIGABRT at exit).
+import torch.distributed.nn.functional  # noqa: F401
 
 from seedvr import media, pipeline
 from seedvr.pipeline.restore import Plan, Stages, WindowJob, WindowTask
