@@ -174,20 +174,21 @@ def _conv_input(span: Span, kernel: int, stride: int, pad: int) -> Span:
     return first * stride - pad, (stop - 1) * stride + kernel - pad
 
 
-def _band_conv(conv: CausalConv3d, layer: _Layer, bands: Bands, x: Tensor) -> Tensor:
+def _band_conv(conv: CausalConv3d, layer: _Layer, bands: Bands, x: Tensor, weight: Tensor | None = None) -> Tensor:
     """`CausalConv3d._conv_in_row_bands` for this rank's band: neighbours' rows in, zero rows only at the
     frame's edges. The zero row the downsampler appends below every band is never read: the rows come
     from the bands' owned spans, and the frame's own zero row from `exchange_rows`."""
-    (_, kernel, kernel_w), (_, stride, stride_w), (_, pad, pad_w) = conv.kernel_size, conv.stride, conv.padding
+    weight = conv.weight if weight is None else weight
+    (_, kernel, kernel_w), (_, stride, stride_w), (_, pad, pad_w) = weight.shape[2:], conv.stride, conv.padding
     owned = bands.spans(layer.factor)
     rows = exchange_rows(x, owned, [_conv_input(span, kernel, stride, pad) for span in owned], bands.ranks)
     start, stop = owned[bands.ranks.rank]
     if start == stop:
-        frames = (x.shape[2] - conv.kernel_size[0]) // conv.stride[0] + 1
+        frames = (x.shape[2] - weight.shape[2]) // conv.stride[0] + 1
         width = (x.shape[4] + 2 * pad_w - kernel_w) // stride_w + 1
         return x.new_empty(x.shape[0], conv.out_channels, frames, 0, width)
     count_work(layer.work, (stop - start) // stride)
-    return CausalConv3d._conv_in_row_bands(conv, rows, (0, 0))
+    return CausalConv3d._conv_in_row_bands(conv, rows, (0, 0), weight)
 
 
 def _band_group_norm(norm: FrameGroupNorm, bands: Bands, x: Tensor) -> Tensor:

@@ -5,9 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from seedvr.models.vae import Posterior, VideoVAE, build_vae
+from seedvr.models.vae_layers import CausalConv3d
 
 FIXTURES = Path(__file__).parent / "fixtures"
 VAE_DIR = FIXTURES / "vae"
@@ -133,6 +135,32 @@ def test_chunked_equals_whole(
     assert chunked_video.shape == (1, 3, frames, 16, 24)
     torch.testing.assert_close(chunked_moments, whole_moments, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(chunked_video, whole_video, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("kernel", "stride"), [((3, 3, 3), 1), ((3, 3, 3), (2, 2, 2)), ((1, 1, 1), 1)])
+def test_a_clip_of_one_frame_is_its_padded_conv(kernel, stride):
+    """A clip that starts with its only frame runs one tap of the time-summed kernel: its output, and the
+    frames it hands the next chunk, are those of the frame repeated k_t - 1 times in front (whole clip)."""
+    gen = torch.Generator().manual_seed(0)
+    conv = CausalConv3d(8, 6, kernel, stride=stride).eval()
+    first, more = torch.randn(1, 8, 1, 10, 12, generator=gen), torch.randn(1, 8, 2, 10, 12, generator=gen)
+    padded = torch.cat([first] * (kernel[0] - 1) + [first, more], dim=2)
+    whole = F.conv3d(padded, conv.weight, conv.bias, conv.stride, conv.padding)
+    cache = {}
+    with torch.no_grad():
+        alone, streamed = conv(first), torch.cat([conv(first, cache), conv(more, cache)], dim=2)
+    torch.testing.assert_close(alone, whole[:, :, :1], atol=2e-6, rtol=0)
+    torch.testing.assert_close(streamed, whole, atol=2e-6, rtol=0)
+
+
+def test_an_image_runs_no_temporal_tap(tiny_vae, monkeypatch):
+    """Every conv of an image's encode and decode uses the kernel summed over time (a third of the work)."""
+    taps = []
+    conv3d = F.conv3d
+    monkeypatch.setattr(F, "conv3d", lambda x, weight, *a, **k: taps.append(weight.shape[2]) or conv3d(x, weight, *a, **k))
+    ref = load_file(VAE_DIR / "case_image.safetensors")
+    tiny_vae.decode(tiny_vae.encode(_five_d(ref["x"]), ref["posterior_noise"]))
+    assert len(taps) > 20 and set(taps) == {1}
 
 
 def test_causal_in_time(tiny_config, tiny_weights):

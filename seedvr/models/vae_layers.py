@@ -64,6 +64,10 @@ class CausalConv3d(nn.Conv3d):
         Keeping the module-keyed cache out of here is what lets one compiled graph serve every instance.
         """
         kernel_t, stride_t = self.kernel_size[0], self.stride[0]
+        keep = kernel_t - stride_t
+        if previous is None and x.shape[2] == 1 and kernel_t > 1:
+            tail = x.expand(-1, -1, keep, -1, -1).clone() if streaming and keep > 0 else None
+            return self._conv_in_row_bands(x, weight=self.weight_over_one_frame()), tail
         head = x[:, :, :1].expand(-1, -1, kernel_t - 1, -1, -1) if previous is None else previous
         if head.shape[2]:
             x = torch.cat([head, x], dim=2)
@@ -72,23 +76,33 @@ class CausalConv3d(nn.Conv3d):
                 f"temporal stride {stride_t} does not tile {x.shape[2]} padded frames: "
                 "chunk sizes must be multiples of the VAE's temporal factor"
             )
-        keep = kernel_t - stride_t
         tail = x[:, :, x.shape[2] - keep :].clone() if streaming and keep > 0 else None
         return self._conv_in_row_bands(x), tail
 
-    def _conv_in_row_bands(self, x: Tensor, pad_rows: tuple[int, int] | None = None) -> Tensor:
+    def weight_over_one_frame(self) -> Tensor:
+        """The kernel summed over time, [out, in, 1, kh, kw]: a clip that starts with its only frame (an
+        image) is padded with copies of that frame, so every temporal tap reads it, and one tap of the
+        summed kernel gives the same output at a third of the FLOPs, without the padded copy. Summed in
+        float32, then rounded once to the weights' dtype."""
+        return self.weight.sum(2, keepdim=True, dtype=torch.float32).to(self.weight.dtype)
+
+    def _conv_in_row_bands(
+        self, x: Tensor, pad_rows: tuple[int, int] | None = None, weight: Tensor | None = None
+    ) -> Tensor:
         """Spatially padded conv, computed in bands of output rows when the input exceeds `max_input_bytes`.
 
         At 720p and above one conv's input is gigabytes; whole, it needs a large workspace and can pass the
         2**31-element limit of 32-bit-indexed kernels. Each band reads its own halo rows: same result.
         `pad_rows` (zero rows above, below) replaces the conv's own row padding, for a caller that brings
-        neighbouring rows itself (a sequence-parallel rank's band, seedvr/bands.py). Band bounds are plain
-        integer arithmetic on the shape, so a compiled caller gets shape guards, not a host sync.
+        neighbouring rows itself (a sequence-parallel rank's band, seedvr/bands.py). `weight` replaces the
+        conv's own (`weight_over_one_frame`). Band bounds are plain integer arithmetic on the shape, so a
+        compiled caller gets shape guards, not a host sync.
         """
+        weight = self.weight if weight is None else weight
         size_bytes, limit = x.numel() * x.element_size(), self.max_input_bytes
         bands = 1 if limit == math.inf else -(-size_bytes // limit)  # ceil, in integers
         if bands <= 1 and pad_rows is None:
-            return super().forward(x)
+            return F.conv3d(x, weight, self.bias, self.stride, self.padding)
         (_, pad_h, pad_w), (_, kernel_h, _), (_, stride_h, _) = self.padding, self.kernel_size, self.stride
         top, bottom = (pad_h, pad_h) if pad_rows is None else pad_rows
         # operator.index: a compiled caller specialises on the height and band count here (large inputs
@@ -104,7 +118,7 @@ class CausalConv3d(nn.Conv3d):
             rows = x[:, :, :, max(start, 0) : min(stop, height)]
             if start < 0 or stop > height:
                 rows = F.pad(rows, (0, 0, max(-start, 0), max(stop - height, 0)))
-            y = F.conv3d(rows, self.weight, self.bias, self.stride, (0, 0, pad_w))
+            y = F.conv3d(rows, weight, self.bias, self.stride, (0, 0, pad_w))
             if count == 1:
                 return y  # one band (a caller's own padding): no copy into a frame-sized output
             if out is None:
